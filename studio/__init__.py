@@ -1,0 +1,3 @@
+"""Controllable-diffusion studio: one denoising engine, pluggable techniques."""
+
+__version__ = "0.1.0"
