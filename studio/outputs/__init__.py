@@ -1,0 +1,1 @@
+"""Outputs that are never lost: metadata, atomic saving and history."""
