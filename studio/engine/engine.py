@@ -1,0 +1,207 @@
+"""The one denoising loop.
+
+Every technique runs through :meth:`Engine.generate`; it plugs in via
+:class:`~studio.engine.hooks.RunHooks` and never edits this loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from time import perf_counter
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from .cache import LatentCache
+from .conditioning import Conditioning, conditioning_key, encode_prompts, truncation_warnings
+from .hooks import ClassicCFG, RunHooks, attention_processors_installed, check_hooks, extra_role
+from .request import Cancelled, CancelToken, GenerationRequest, GenerationResult, InvalidRequest, StepEvent
+from .samplers import SAMPLERS, alpha_bar, make_scheduler, predict_x0, step_kwargs
+from .validate import validate_request
+
+SEED_MODULUS = 2**32
+
+
+class Engine:
+    """Runs generation requests on one :class:`~studio.models.LoadedModel`.
+
+    Runs on the same model are serialised by ``model.run_lock`` (hooks may
+    modify shared modules for the duration of a run)."""
+
+    SAMPLERS = SAMPLERS
+
+    def __init__(self, model):
+        self.model = model
+
+    # ------------------------------------------------------------------ public
+
+    def validate(self, req: GenerationRequest, hooks: RunHooks | None = None) -> list[str]:
+        """Raise :class:`InvalidRequest` if ``req`` can't run; return warnings
+        (e.g. prompts truncated at the text encoder's limit)."""
+        validate_request(req, self.model)
+        if hooks is not None:
+            check_hooks(hooks)
+        return truncation_warnings(self.model.tokenizer, self._prompts(req, hooks or RunHooks(), "uncond"))
+
+    def generate(self, req: GenerationRequest, *, hooks: RunHooks | None = None, cancel: CancelToken | None = None,
+                 on_step: Callable[[StepEvent], None] | None = None, cache: LatentCache | None = None,
+                 resume_from_step: int | None = None) -> GenerationResult:
+        """Generate ``req``; see the package docstring for hooks, cancel and cache."""
+        t_start = perf_counter()
+        hooks = hooks or RunHooks()
+        # 1. validate (before touching the model)
+        warnings = self.validate(req, hooks)
+        combiner = hooks.guidance or ClassicCFG()
+        needs_uncond = getattr(combiner, "needs_uncond", lambda cfg: True)(req.cfg)
+        prompts = self._prompts(req, hooks, "uncond" if needs_uncond else None)
+        width, height = req.width or self.model.default_size, req.height or self.model.default_size
+        seeds = [(req.seed + i) % SEED_MODULUS for i in range(req.batch_size)]
+        trajectory = (self.model.weights_hash, req.sampler, req.steps, req.seed, width, height, req.batch_size)
+        if resume_from_step is not None:
+            if cache is None:
+                raise InvalidRequest("resume_from_step needs the LatentCache of the run to resume", "resume_from_step")
+            cache.check_resume(trajectory, req, resume_from_step)
+        callbacks = list(hooks.step_callbacks) + ([on_step] if on_step is not None else [])
+        timings: dict[str, float] = {}
+
+        with self.model.run_lock, torch.no_grad(), \
+                attention_processors_installed(self.model.unet, hooks.attention_processors):
+            # 2. encode prompts (once per run; reused from the cache when unchanged)
+            _check(cancel)
+            t0 = perf_counter()
+            cond = self._conditioning(prompts, cache)
+            timings["encode"] = self._elapsed(t0)
+
+            # 3. prepare sampler, noise and (when resuming) the recorded state
+            scheduler = make_scheduler(self.model.scheduler_config, req.sampler)
+            scheduler.set_timesteps(req.steps, device=self.model.device)
+            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            latents = self._initial_noise(generators, width, height) * scheduler.init_noise_sigma
+            start = 0
+            if cache is not None:
+                cache.begin(trajectory, req, resume_from_step)
+                if resume_from_step is not None:
+                    latents = cache.restore(resume_from_step, scheduler, generators, self.model.device)
+                    start = resume_from_step
+
+            # 4. denoise
+            t0 = perf_counter()
+            latents = self._denoise(req, scheduler, latents, start, cond, combiner, hooks.embedding_edits,
+                                    generators, callbacks, cancel, cache)
+            timings["denoise"] = self._elapsed(t0)
+
+            # 5. decode
+            _check(cancel)
+            t0 = perf_counter()
+            pixels = self.decode(latents)
+            timings["decode"] = self._elapsed(t0)
+
+        # 6. package
+        images = [Image.fromarray(a) for a in to_uint8(pixels)]
+        steps_run = max(1, len(scheduler.timesteps) - start)
+        timings["per_step"] = timings["denoise"] / steps_run
+        timings["total"] = perf_counter() - t_start
+        return GenerationResult(images=images, latents=latents, request=req, seeds=seeds, timings=timings,
+                                warnings=warnings)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """UNet-space latents -> images as float32 CPU tensor ``(B, 3, H, W)`` in [0, 1]."""
+        vae = self.model.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        scaled = latents.to(vae.dtype) / vae.config.scaling_factor + shift
+        image = vae.decode(scaled, return_dict=False)[0]
+        return (image / 2 + 0.5).clamp(0, 1).float().cpu()
+
+    # ------------------------------------------------------------------ stages
+
+    def _denoise(self, req, scheduler, latents, start, cond: Conditioning, combiner, edits, generators,
+                 callbacks, cancel, cache):
+        """Steps ``start..end`` of the loop; returns the final latents."""
+        unet, batch = self.model.unet, req.batch_size
+        roles = list(cond.embeds)
+        timesteps = scheduler.timesteps
+        num_steps = len(timesteps)
+        extra = step_kwargs(scheduler, generators)
+        base = {r: e.expand(batch, -1, -1) for r, e in cond.embeds.items()}
+        static = None if edits else torch.cat([base[r] for r in roles])
+        for i in range(start, num_steps):
+            t = timesteps[i]
+            # 4a. cancel point + trajectory record
+            _check(cancel)
+            if cache is not None:
+                cache.record(i, latents, scheduler, generators)
+            # 4b. all conditionings in one batched UNet call
+            embeds = static if static is not None else self._edited(base, roles, edits, i, num_steps)
+            model_in = scheduler.scale_model_input(latents, t)
+            out = unet(torch.cat([model_in] * len(roles)), t, encoder_hidden_states=embeds, return_dict=False)[0]
+            eps = dict(zip(roles, out.chunk(len(roles))))
+            # 4c. guidance, x0 prediction, sampler step
+            guided = combiner.combine(i, eps, req.cfg)
+            x0 = predict_x0(guided, model_in, alpha_bar(scheduler, i, t), self.model.prediction_type)
+            x_t = latents
+            latents = scheduler.step(guided, t, latents, **extra, return_dict=False)[0]
+            # 4d. observers
+            if callbacks:
+                event = StepEvent(step=i, num_steps=num_steps, timestep=int(t), latents=x_t, x0_pred=x0,
+                                  eps_uncond=eps.get("uncond"), eps_cond=eps.get("cond"), eps=eps)
+                for cb in callbacks:
+                    cb(event)
+        return latents
+
+    def _prompts(self, req, hooks: RunHooks, uncond_role: str | None) -> dict[str, str]:
+        """Role -> prompt text. Uncond first, then cond, then the combiner's extras
+        (the order of the batched UNet call; matches the pipeline's [neg, pos])."""
+        prompts = {uncond_role: req.negative_prompt} if uncond_role else {}
+        prompts["cond"] = req.prompt
+        extras = hooks.guidance.extra_prompts() if hooks.guidance is not None else []
+        for i, text in enumerate(extras):
+            if not isinstance(text, str):
+                raise InvalidRequest(f"guidance extra prompt {i} must be a string, got {type(text).__name__}")
+            prompts[extra_role(i)] = text
+        return prompts
+
+    def _conditioning(self, prompts: dict[str, str], cache: LatentCache | None) -> Conditioning:
+        key = conditioning_key(self.model, prompts)
+        cached = cache.conditioning(key) if cache is not None else None
+        if cached is not None:
+            return Conditioning({r: e.to(self.model.device) for r, e in cached.embeds.items()}, key)
+        cond = encode_prompts(self.model, prompts)
+        if cache is not None:
+            cache.store_conditioning(cond)
+        return cond
+
+    @staticmethod
+    def _edited(base: dict, roles: list[str], edits, step: int, num_steps: int) -> torch.Tensor:
+        parts = []
+        for role in roles:
+            e = base[role].clone()
+            for edit in edits:
+                e = edit.apply(step, num_steps, e, role)
+            parts.append(e)
+        return torch.cat(parts)
+
+    def _initial_noise(self, generators, width: int, height: int) -> torch.Tensor:
+        """Gaussian noise drawn on CPU, one generator per image, then moved to the
+        device: a seed gives the same image on any device."""
+        f = self.model.vae_scale_factor
+        shape = (len(generators), self.model.latent_channels, height // f, width // f)
+        noise = randn_tensor(shape, generator=generators, device=torch.device("cpu"), dtype=torch.float32)
+        return noise.to(device=self.model.device, dtype=self.model.dtype)
+
+    def _elapsed(self, t0: float) -> float:
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
+        return perf_counter() - t0
+
+
+def _check(cancel: CancelToken | None) -> None:
+    if cancel is not None and cancel.cancelled:
+        raise Cancelled("generation cancelled")
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """``(B, 3, H, W)`` floats in [0, 1] -> ``(B, H, W, 3)`` uint8 (rounded, as diffusers does)."""
+    return (pixels.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
