@@ -248,3 +248,18 @@ def test_sampler_from_diffusers_scheduler():
     assert sampler_from_scheduler("DPMSolverMultistepScheduler", karras=True) == "DPM++ 2M Karras"
     assert sampler_from_scheduler("EulerAncestralDiscreteScheduler") == "Euler a"
     assert sampler_from_scheduler("LCMScheduler") == "LCM"
+
+
+# --- engine request interop -------------------------------------------------------
+
+def test_parsed_settings_fill_an_engine_request_and_back():
+    request_module = pytest.importorskip("studio.engine.request")
+    from dataclasses import replace
+
+    parsed = parse_parameters(A1111_HIRES_LORA)
+    request = replace(request_module.GenerationRequest(), **parsed.request_fields())
+    assert (request.sampler, request.steps, request.seed, request.width) == ("DPM++ 2M Karras", 28, 1234567890, 512)
+
+    settings = GenerationSettings.from_request(request, seed=request.seed + 1, width=512, height=768,
+                                               batch_index=0, model_name="v1-5", workbench="txt2img")
+    assert settings.seed == 1234567891 and settings.cfg == 7.0 and settings.prompt == parsed.prompt

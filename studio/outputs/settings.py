@@ -209,6 +209,32 @@ class GenerationSettings:
         }
 
     @classmethod
+    def from_request(
+        cls,
+        request: Any,
+        *,
+        seed: int,
+        width: int,
+        height: int,
+        model_name: str,
+        batch_index: int = 0,
+        **fields: Any,
+    ) -> "GenerationSettings":
+        """Settings of image *batch_index* of an engine ``GenerationRequest``.
+
+        *seed*, *width* and *height* are the concrete values the engine used
+        for that image (the request may hold ``None`` sizes); other fields
+        (``model_hash``, ``workbench``, ``controls``, ``extra``) go in *fields*.
+        """
+        return cls(
+            prompt=request.prompt, negative_prompt=request.negative_prompt,
+            sampler=request.sampler, steps=request.steps, cfg=request.cfg,
+            seed=seed, width=width, height=height,
+            batch_size=getattr(request, "batch_size", 1), batch_index=batch_index,
+            model_name=model_name, **fields,
+        )
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "GenerationSettings":
         """Rebuild settings from :meth:`to_dict` output; unknown keys are ignored.
 
