@@ -93,7 +93,7 @@ def test_survives_reopen(tmp_path):
     db = tmp_path / "history.sqlite3"
     with History(db) as history:
         add_samples(history, tmp_path)
-        assert history._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert history.journal_mode == "wal"
     with History(db) as reopened:
         assert [r.prompt for r in reopened.list(limit=1)] == ["100% cotton_shirt"]
         assert reopened.count() == 4

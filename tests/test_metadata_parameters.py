@@ -68,6 +68,7 @@ def test_build_batch_position_and_controls():
 @pytest.mark.parametrize("settings", [
     make_settings(),
     make_settings(negative_prompt=""),
+    make_settings(model_hash="", sampler="LCM", steps=4, cfg=1.0),
     make_settings(prompt="line one,\nline two: with colon\n(third:0.9)", negative_prompt="bad\nworse"),
     make_settings(prompt="", negative_prompt="only negative"),
     make_settings(prompt="ünïcødé 猫, émoji 🦊", cfg=3.25, seed=2**64 - 1, width=768, height=512),

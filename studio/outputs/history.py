@@ -198,6 +198,11 @@ class History:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def journal_mode(self) -> str:
+        """SQLite journal mode in use (``"wal"``)."""
+        return str(self._execute("PRAGMA journal_mode")[0][0]).lower()
+
     # --- paths --------------------------------------------------------------
 
     def relative_path(self, path: Path | str) -> str:

@@ -96,12 +96,13 @@ def _require_str(name: str, value: Any) -> str:
     return value
 
 
-def _require_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
+def _require_int(name: str, value: Any, *, minimum: int, maximum: int | None = None,
+                 hint: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
         upper = "" if maximum is None else f" and <= {maximum}"
-        raise ValueError(f"{name} must be >= {minimum}{upper}, got {value}")
+        raise ValueError(f"{name} must be >= {minimum}{upper}, got {value}" + (f"; {hint}" if hint else ""))
     return value
 
 
@@ -168,12 +169,8 @@ class GenerationSettings:
         object.__setattr__(self, "sampler", normalize_sampler(sampler))
         _require_int("steps", self.steps, minimum=1)
         object.__setattr__(self, "cfg", _require_float("cfg", self.cfg, minimum=0.0))
-        if isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed < 0:
-            raise ValueError(
-                f"seed must be the concrete seed used (>= 0), got {self.seed}; "
-                "resolve a random seed (-1) before recording settings"
-            )
-        _require_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        _require_int("seed", self.seed, minimum=0, maximum=MAX_SEED,
+                     hint="record the concrete seed used: resolve a random seed (-1) first")
         _require_int("width", self.width, minimum=1)
         _require_int("height", self.height, minimum=1)
         _require_int("batch_size", self.batch_size, minimum=1)
@@ -305,7 +302,7 @@ class ParsedSettings:
             width=settings.width,
             height=settings.height,
             model_name=settings.model_name,
-            model_hash=settings.model_hash,
+            model_hash=settings.model_hash or None,  # the text omits an empty hash
             workbench=settings.workbench,
             controls=settings.controls,
             extra=extra,
