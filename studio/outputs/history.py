@@ -166,6 +166,9 @@ class History:
         # 3. WAL mode and schema
         try:
             self._prepare()
+        except HistoryError:
+            self._conn.close()
+            raise
         except sqlite3.DatabaseError as exc:
             self._conn.close()
             raise HistoryError(
