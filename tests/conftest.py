@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny random Stable Diffusion models (CPU, no downloads)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # lets tests import `tests.helpers` and `studio` from any cwd
+    sys.path.insert(0, str(ROOT))
+
+from tests.helpers import tiny_pipeline  # noqa: E402
+from tests.helpers import tiny_sd_components as _tiny_sd_components  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_components():
+    """The factory ``tiny_sd_components(family="sd1"|"sd2v") -> dict`` of pipeline components."""
+    return _tiny_sd_components
+
+
+@pytest.fixture(scope="session")
+def tiny_pipelines():
+    """``tiny_pipelines(family)`` -> a session-shared tiny ``StableDiffusionPipeline``."""
+    built = {}
+
+    def get(family: str = "sd1"):
+        if family not in built:
+            built[family] = tiny_pipeline(family)
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_pipelines):
+    """``tiny_models(family)`` -> a session-shared :class:`studio.models.LoadedModel`."""
+    from studio.models import from_pipeline
+
+    built = {}
+
+    def get(family: str = "sd1"):
+        if family not in built:
+            built[family] = from_pipeline(tiny_pipelines(family), name=f"tiny-{family}")
+        return built[family]
+
+    return get
+
+
+@pytest.fixture
+def tiny_model(tiny_models):
+    """The SD 1.x-shaped tiny model."""
+    return tiny_models("sd1")
