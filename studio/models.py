@@ -232,13 +232,15 @@ def _offline() -> bool:
     return flag or bool(hc.HF_HUB_OFFLINE)
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]
+def _one_line(err: BaseException, limit: int = 120) -> str:
+    """First sentence of an error, short enough for a one-line message."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    text = text.split(". ")[0]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _pipeline_kwargs(dtype: torch.dtype) -> dict:
-    return dict(torch_dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return dict(dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def _from_folder(folder: Path, dtype: torch.dtype):
@@ -263,8 +265,8 @@ def _from_single_file(path: Path, dtype: torch.dtype):
         if _offline():
             raise ModelLoadError(
                 f"cannot load {path.name} offline: from_single_file needs the model's configs from the Hub and "
-                f"they are not cached ({_one_line(local_err)}); pass a local diffusers folder "
-                "(with model_index.json) via --model instead") from local_err
+                "they are not in the local cache; pass a local diffusers folder (with model_index.json) "
+                "via --model instead") from local_err
     try:
         return StableDiffusionPipeline.from_single_file(str(path), **kwargs)
     except Exception as e:  # noqa: BLE001
@@ -279,9 +281,9 @@ def _from_hub(repo_id: str, dtype: torch.dtype):
     try:
         return StableDiffusionPipeline.from_pretrained(repo_id, local_files_only=offline, **_pipeline_kwargs(dtype))
     except Exception as e:  # noqa: BLE001
-        where = "offline and not in the local cache" if offline else "not loadable from the Hugging Face Hub"
-        raise ModelLoadError(f"model '{repo_id}' is {where} ({_one_line(e)}); to use a local copy pass its "
-                             "diffusers folder or a .safetensors file via --model") from e
+        why = "we are offline and it is not in the local Hugging Face cache" if offline else _one_line(e)
+        raise ModelLoadError(f"cannot load model '{repo_id}' from the Hugging Face Hub ({why}); to use a local "
+                             "copy pass its diffusers folder or a .safetensors file via --model") from e
 
 
 def _local_snapshot(repo_id: str) -> str | None:
