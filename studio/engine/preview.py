@@ -70,7 +70,7 @@ class PreviewThrottle:
 
     def ready(self) -> bool:
         now = self._clock()
-        if self._last is not None and now - self._last < self.interval:
+        if self._last is not None and now - self._last < self.interval - 1e-9:
             return False
         self._last = now
         return True
