@@ -60,7 +60,7 @@ def test_stream_drops_stale_frames(rgb_model):
         gate.wait(5)
         rendered_steps.append(ev.step)
 
-    with PreviewStream(LatentPreviewer(rgb_model), sink=slow_sink, max_fps=1e9) as stream:
+    with PreviewStream(LatentPreviewer(rgb_model), sink=slow_sink, max_fps=1e9, max_busy=1.0) as stream:
         for i in range(6):
             stream(event(torch.zeros(1, 4, 16, 16), step=i))
         gate.set()
@@ -68,6 +68,22 @@ def test_stream_drops_stale_frames(rgb_model):
     assert stream.dropped >= 1 and stream.rendered == len(rendered_steps) == 6 - stream.dropped
     assert rendered_steps[-1] == 5  # the freshest frame always gets rendered
     assert stream.latest() is not None and stream.error is None
+
+
+def test_stream_backs_off_after_slow_conversions(rgb_model):
+    now = [0.0]
+
+    class SlowPreviewer(LatentPreviewer):
+        def to_array(self, x0):
+            now[0] += 0.1  # every conversion "takes" 100 ms
+            return super().to_array(x0)
+
+    with PreviewStream(SlowPreviewer(rgb_model), max_fps=100, max_busy=0.25, clock=lambda: now[0]) as stream:
+        for _ in range(20):  # a step every 50 ms of (fake) time, for 1 s
+            stream(event(torch.zeros(1, 4, 16, 16)))
+            now[0] += 0.05
+    # each 100 ms conversion buys a 300 ms pause (25% busy): accepted at t = 0, 0.4, 0.8, 1.2
+    assert stream.offered == 20 and stream.queued == 4
 
 
 def test_stream_as_engine_callback(rgb_model):

@@ -138,13 +138,13 @@ class Engine:
             model_in = scheduler.scale_model_input(latents, t)
             out = unet(torch.cat([model_in] * len(roles)), t, encoder_hidden_states=embeds, return_dict=False)[0]
             eps = dict(zip(roles, out.chunk(len(roles))))
-            # 4c. guidance, x0 prediction, sampler step
+            # 4c. guidance and sampler step
             guided = combiner.combine(i, eps, req.cfg)
-            x0 = predict_x0(guided, model_in, alpha_bar(scheduler, i, t), self.model.prediction_type)
             x_t = latents
             latents = scheduler.step(guided, t, latents, **extra, return_dict=False)[0]
-            # 4d. observers
+            # 4d. observers (x0 is only computed when someone looks)
             if callbacks:
+                x0 = predict_x0(guided, model_in, alpha_bar(scheduler, i, t), self.model.prediction_type)
                 event = StepEvent(step=i, num_steps=num_steps, timestep=int(t), latents=x_t, x0_pred=x0,
                                   eps_uncond=eps.get("uncond"), eps_cond=eps.get("cond"), eps=eps)
                 for cb in callbacks:

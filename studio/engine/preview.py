@@ -3,9 +3,16 @@
 * :class:`LatentPreviewer` turns UNet-space latents into a picture: a cheap
   linear map (``model.latent_rgb``) when the model has one, else a VAE decode.
 * :class:`PreviewThrottle` lets at most ``max_fps`` frames through.
-* :class:`PreviewStream` is a step callback that renders previews off the
-  denoising thread: frames beyond the throttle are skipped, and a frame still
-  waiting when a newer one arrives is dropped (only the freshest is rendered).
+* :class:`PreviewStream` is a step callback for live previews. The tensor work
+  (latent -> RGB) runs on the denoising thread, where it is cheapest; building
+  the PIL image and calling the sink run on a background thread. A frame still
+  waiting when a newer one arrives is dropped, so only the freshest is shown.
+  Slow previews (VAE decode on CPU) back off so they take at most ``max_busy``
+  of the wall time.
+
+Torch ops are deliberately kept off the background thread: on CPU a second
+thread calling torch starts its own OpenMP team, and the two teams' spinning
+threads slow the UNet down far more than the preview itself costs.
 """
 
 from __future__ import annotations
@@ -47,15 +54,22 @@ class LatentPreviewer:
         rgb = torch.einsum("bchw,cr->brhw", x0.float(), m) + self._bias.to(x0.device)[None, :, None, None]
         return (rgb.cpu() / 2 + 0.5).clamp(0, 1)
 
-    def to_image(self, x0: torch.Tensor) -> Image.Image:
+    def to_array(self, x0: torch.Tensor) -> np.ndarray:
+        """``(H, B*W, 3)`` uint8, the batch side by side (all torch work happens here)."""
         rgb = self.to_tensor(x0)
         strip = torch.cat(list(rgb), dim=2)  # (3, H, B*W)
-        array = (strip.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        return (strip.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+    def array_to_image(self, array: np.ndarray) -> Image.Image:
+        """PIL image from :meth:`to_array` output (no torch; safe on any thread)."""
         image = Image.fromarray(array)
         if self.upscale and not self.uses_vae:
             f = self.model.vae_scale_factor
             image = image.resize((image.width * f, image.height * f), Image.BILINEAR)
         return image
+
+    def to_image(self, x0: torch.Tensor) -> Image.Image:
+        return self.array_to_image(self.to_array(x0))
 
 
 class PreviewThrottle:
@@ -77,20 +91,28 @@ class PreviewThrottle:
 
 
 class PreviewStream:
-    """Step callback rendering throttled previews on a background thread.
+    """Step callback producing throttled live previews.
 
-    ``sink(image, event)`` (optional) receives each rendered frame; ``latest()``
-    returns the newest. Use as a context manager (or call ``close()``) so the
-    worker thread ends. Counters: ``offered`` (steps seen), ``queued`` (passed
-    the throttle), ``dropped`` (replaced before rendering), ``rendered``.
+    ``sink(image, event)`` (optional) receives each rendered frame on the
+    background thread; ``latest()`` returns the newest. Use as a context manager
+    (or call ``close()``) so the thread ends. Counters: ``offered`` (steps seen),
+    ``queued`` (converted and handed over), ``dropped`` (replaced before the
+    thread got to them), ``rendered``. ``error`` holds the first sink/render error
+    (previews never stop a run).
     """
 
-    def __init__(self, previewer: LatentPreviewer, sink: Callable | None = None, max_fps: float = 10.0):
+    def __init__(self, previewer: LatentPreviewer, sink: Callable | None = None, max_fps: float = 10.0,
+                 max_busy: float = 0.25, clock: Callable[[], float] = time.monotonic):
+        if not 0 < max_busy <= 1:
+            raise ValueError(f"max_busy must be in (0, 1], got {max_busy!r}")
         self.previewer = previewer
         self.sink = sink
-        self.throttle = PreviewThrottle(max_fps)
+        self.throttle = PreviewThrottle(max_fps, clock)
+        self.max_busy = max_busy
+        self._clock = clock
+        self._not_before = 0.0  # back-off after a slow conversion
         self.offered = self.queued = self.dropped = self.rendered = 0
-        self.error: BaseException | None = None  # first rendering/sink error (the stream keeps going)
+        self.error: BaseException | None = None
         self._latest: Image.Image | None = None
         self._pending: tuple | None = None
         self._cond = threading.Condition()
@@ -100,13 +122,20 @@ class PreviewStream:
 
     def __call__(self, event: StepEvent) -> None:
         self.offered += 1
-        if not self.throttle.ready():
+        if self._clock() < self._not_before or not self.throttle.ready():
             return
-        frame = (event.x0_pred.detach().clone(), event)
+        started = self._clock()
+        try:
+            array = self.previewer.to_array(event.x0_pred)
+        except Exception as e:  # noqa: BLE001 - a broken preview must not stop generation
+            self.error = self.error or e
+            return
+        finished = self._clock()
+        self._not_before = finished + (finished - started) * (1 / self.max_busy - 1)
         with self._cond:
             if self._pending is not None:
                 self.dropped += 1
-            self._pending = frame
+            self._pending = (array, event)
             self.queued += 1
             self._cond.notify()
 
@@ -114,7 +143,7 @@ class PreviewStream:
         return self._latest
 
     def close(self) -> None:
-        """Render what is pending, then stop the worker."""
+        """Render what is pending, then stop the thread."""
         with self._cond:
             self._closed = True
             self._cond.notify()
@@ -133,13 +162,13 @@ class PreviewStream:
                     self._cond.wait()
                 if self._pending is None:
                     return
-                x0, event = self._pending
+                array, event = self._pending
                 self._pending = None
             try:
-                image = self.previewer.to_image(x0)
+                image = self.previewer.array_to_image(array)
                 self._latest = image
                 self.rendered += 1
                 if self.sink is not None:
                     self.sink(image, event)
-            except Exception as e:  # noqa: BLE001 - a broken preview must not stop generation
+            except Exception as e:  # noqa: BLE001 - a broken sink must not stop generation
                 self.error = self.error or e
