@@ -1,0 +1,174 @@
+"""Tiny World quality: does the model draw what the prompt says? Measured with the analyzer.
+
+Prompts come from fixed generator seeds, so every run asks for the same scenes:
+  single   fully specified one-object prompts ("a large red circle at the top left on a black background")
+  pair     fully specified two-object prompts: are both objects there with the right colour-shape binding?
+  omitted  prompts that leave one attribute out: the distribution of that attribute (it should vary)
+
+Images come from plain diffusers StableDiffusionPipeline (the model's own default sampler, DPM-Solver++), so the
+figures describe the model, not our engine.
+
+    python bench/tinyworld_quality.py [--model assets/tinyworld] [--n-single 240] [--cfg 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from studio.tinyworld.analyzer import analyze  # noqa: E402
+from studio.tinyworld.captions import full_caption, object_phrase  # noqa: E402
+from studio.tinyworld.scenes import SceneSpec, generate_scene  # noqa: E402
+from studio.tinyworld.vocab import SIZES  # noqa: E402
+
+SIZE_ORDER = list(SIZES)
+
+
+def load_pipe(model: str, device: str):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def render(pipe, prompts: list[str], seeds: list[int], cfg: float, steps: int, batch: int):
+    images = []
+    for i in range(0, len(prompts), batch):
+        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds[i : i + batch]]
+        out = pipe(prompts[i : i + batch], num_inference_steps=steps, guidance_scale=cfg, generator=gens,
+                   height=64, width=64)
+        images += out.images
+    return images
+
+
+def eval_single(pipe, n: int, cfg: float, steps: int, batch: int) -> dict:
+    scenes = [generate_scene(10_000 + i, SceneSpec(n_objects=1)) for i in range(n)]
+    prompts = [full_caption(s.background, s.objects) for s in scenes]
+    images = render(pipe, prompts, [10_000 + i for i in range(n)], cfg, steps, batch)
+    c = Counter()
+    for scene, image in zip(scenes, images):
+        truth, seen = scene.objects[0], analyze(image)
+        c["background"] += seen.background == scene.background
+        c["one_object"] += len(seen.objects) == 1
+        if not seen.objects:
+            continue
+        obj = seen.objects[0]  # the largest
+        c["colour"] += obj.colour == truth.colour
+        c["shape"] += obj.shape == truth.shape
+        c["size_within_one"] += abs(SIZE_ORDER.index(obj.size) - SIZE_ORDER.index(truth.size)) <= 1
+        c["size_exact"] += obj.size == truth.size
+        c["position"] += (obj.column, obj.row) == (truth.column, truth.row)
+    keys = ["colour", "shape", "size_within_one", "size_exact", "position", "one_object", "background"]
+    return {k: c[k] / n for k in keys}, images[:16], prompts[:16]
+
+
+def eval_pairs(pipe, n: int, cfg: float, steps: int, batch: int) -> dict:
+    scenes = [generate_scene(20_000 + i, SceneSpec(n_objects=2)) for i in range(n)]
+    prompts = [full_caption(s.background, s.objects) for s in scenes]
+    images = render(pipe, prompts, [20_000 + i for i in range(n)], cfg, steps, batch)
+    c = Counter()
+    for scene, image in zip(scenes, images):
+        seen = analyze(image)
+        found = {(o.colour, o.shape) for o in seen.objects}
+        want = {(o.colour, o.shape) for o in scene.objects}
+        both = want <= found
+        c["binding"] += both
+        c["binding_exact_count"] += both and len(seen.objects) == 2
+        c["two_objects"] += len(seen.objects) == 2
+    return {k: c[k] / n for k in ["binding", "binding_exact_count", "two_objects"]}
+
+
+def eval_omitted(pipe, n: int, cfg: float, steps: int, batch: int) -> dict:
+    """Leave out one attribute; report what the model chose for it."""
+    seeds = [30_000 + i for i in range(n)]
+    base = [generate_scene(s, SceneSpec(n_objects=1)) for s in seeds]
+    cases = {
+        "colour": [f"{object_phrase(s.objects[0], size=True, colour=False, position=True)} on a {s.background} background" for s in base],
+        "size": [f"{object_phrase(s.objects[0], size=False, colour=True, position=True)} on a {s.background} background" for s in base],
+        "position": [f"{object_phrase(s.objects[0], size=True, colour=True, position=False)} on a {s.background} background" for s in base],
+        "background": [object_phrase(s.objects[0], size=True, colour=True, position=True) for s in base],
+    }
+    report = {}
+    for attribute, prompts in cases.items():
+        images = render(pipe, prompts, seeds, cfg, steps, batch)
+        dist = Counter()
+        for image in images:
+            seen = analyze(image)
+            if attribute == "background":
+                dist[seen.background] += 1
+            elif seen.objects:
+                o = seen.objects[0]
+                dist[{"colour": o.colour, "size": o.size, "position": o.position}[attribute]] += 1
+            else:
+                dist["(no object)"] += 1
+        report[attribute] = dict(dist.most_common())
+    return report
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(ROOT / "assets" / "tinyworld"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--n-single", type=int, default=240)
+    p.add_argument("--n-pair", type=int, default=120)
+    p.add_argument("--n-omitted", type=int, default=60)
+    p.add_argument("--cfg", type=float, nargs="+", default=None, help="default: the model's studio_defaults.json")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "tinyworld_quality.json"))
+    p.add_argument("--grid", default=None, help="save a grid of the first single-object samples here")
+    args = p.parse_args()
+
+    defaults_file = Path(args.model) / "studio_defaults.json"
+    default_cfg = json.loads(defaults_file.read_text())["cfg"] if defaults_file.exists() else 7.5
+    pipe = load_pipe(args.model, args.device)
+    runs = []
+    for cfg in args.cfg or [default_cfg]:
+        t0 = time.time()
+        single, grid_images, grid_prompts = eval_single(pipe, args.n_single, cfg, args.steps, args.batch)
+        pairs = eval_pairs(pipe, args.n_pair, cfg, args.steps, args.batch)
+        omitted = eval_omitted(pipe, args.n_omitted, cfg, args.steps, args.batch)
+        runs.append({"cfg": cfg, "single": single, "pair": pairs, "omitted": omitted, "seconds": time.time() - t0})
+        print(f"\ncfg {cfg}  ({time.time() - t0:.0f}s)")
+        print(f"{'single-object metric':<22}{'rate':>8}")
+        for k, v in single.items():
+            print(f"{k:<22}{v:>8.1%}")
+        for k, v in pairs.items():
+            print(f"{'pair ' + k:<22}{v:>8.1%}")
+        for k, v in omitted.items():
+            print(f"omitted {k}: {v}")
+        if args.grid:
+            from PIL import Image
+
+            grid = Image.new("RGB", (64 * 8, 64 * 2))
+            for i, im in enumerate(grid_images):
+                grid.paste(im, ((i % 8) * 64, (i // 8) * 64))
+            grid.save(Path(args.grid).with_suffix(f".cfg{cfg}.png"))
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "device": args.device, "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None},
+        "command": "python " + " ".join(sys.argv),
+        "model": args.model, "steps": args.steps, "sampler": "DPM++ 2M (DPMSolverMultistepScheduler)",
+        "n_single": args.n_single, "n_pair": args.n_pair, "n_omitted": args.n_omitted, "runs": runs,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

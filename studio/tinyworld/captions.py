@@ -1,0 +1,70 @@
+"""Caption grammar for Tiny World scenes.
+
+    caption  := "" | objects [" on a " BACKGROUND " background"]
+    objects  := object (" and " object)*            every object is mentioned, in random order
+    object   := ("a" | "an") [SIZE] [COLOUR] SHAPE [" " POSITION]
+    POSITION := "at the top left" | "on the left" | "at the top" | "in the center" | ...
+
+Attributes are omitted at random the way people write, so "a circle" means a circle of any colour, size and
+place. Caption styles (shares of the training captions):
+  10% empty (for classifier-free guidance), 25% full (every attribute and the background),
+  50% mixed (each attribute kept with probability 0.75), 15% sparse (shape plus at most one attribute).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from .vocab import position_phrase
+
+STYLE_WEIGHTS = {"empty": 0.10, "full": 0.25, "mixed": 0.50, "sparse": 0.15}
+KEEP_PROBABILITY = 0.75
+
+
+def article(next_word: str) -> str:
+    return "an" if next_word[0] in "aeiou" else "a"
+
+
+def object_phrase(obj, *, size: bool, colour: bool, position: bool) -> str:
+    words = []
+    if size:
+        words.append(obj.size)
+    if colour:
+        words.append(obj.colour)
+    words.append(obj.shape)
+    phrase = f"{article(words[0])} {' '.join(words)}"
+    if position:
+        phrase += " " + position_phrase(obj.column, obj.row)
+    return phrase
+
+
+def full_caption(background: str, objects: Sequence, *, with_background: bool = True) -> str:
+    """Every attribute of every object, in the given order (benchmark prompts use this)."""
+    text = " and ".join(object_phrase(o, size=True, colour=True, position=True) for o in objects)
+    if with_background:
+        text += f" on a {background} background"
+    return text
+
+
+def caption_for(background: str, objects: Sequence, rng: random.Random) -> str:
+    style = rng.choices(list(STYLE_WEIGHTS), weights=list(STYLE_WEIGHTS.values()))[0]
+    if style == "empty":
+        return ""
+    order = list(objects)
+    rng.shuffle(order)
+    phrases = []
+    for obj in order:
+        if style == "full":
+            keep = dict(size=True, colour=True, position=True)
+        elif style == "mixed":
+            keep = {k: rng.random() < KEEP_PROBABILITY for k in ("size", "colour", "position")}
+        else:  # sparse: at most one attribute besides the shape, never position
+            one = rng.choice(["size", "colour", None])
+            keep = dict(size=one == "size", colour=one == "colour", position=False)
+        phrases.append(object_phrase(obj, **keep))
+    text = " and ".join(phrases)
+    with_bg = style == "full" or (style == "mixed" and rng.random() < KEEP_PROBABILITY)
+    if with_bg:
+        text += f" on a {background} background"
+    return text

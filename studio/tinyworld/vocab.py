@@ -1,0 +1,71 @@
+"""The Tiny World vocabulary: every word a caption can contain, and the exact values behind it.
+
+These tables are the single source of truth for the scene generator, the caption grammar, the analyzer
+and the tokenizer, so that what we draw, say and measure can never drift apart.
+"""
+
+CANVAS = 64
+SUPERSAMPLE = 4  # draw at 4x, then downsample: anti-aliased edges
+
+BACKGROUNDS = {
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "gray": (128, 128, 128),
+}
+
+PALETTE = {
+    "red": (220, 40, 40),
+    "orange": (240, 140, 30),
+    "yellow": (235, 210, 40),
+    "green": (50, 170, 60),
+    "blue": (40, 80, 220),
+    "purple": (140, 60, 190),
+}
+
+TRAIN_SHAPES = ("circle", "square", "triangle")
+HELD_OUT_SHAPES = ("ring", "star")  # drawable, never in the training set (kept for personalization)
+ALL_SHAPES = TRAIN_SHAPES + HELD_OUT_SHAPES
+
+SIZES = {"tiny": 5.0, "small": 8.0, "medium": 11.0, "large": 15.0, "huge": 19.0}
+SIZE_JITTER = 0.08  # +-8% around the nominal radius
+
+COLUMNS = ("left", "center", "right")
+ROWS = ("top", "middle", "bottom")
+
+STAR_INNER_RATIO = 0.45
+
+FUNCTION_WORDS = ("a", "an", "and", "on", "at", "in", "the", "background")
+
+
+def position_phrase(column: str, row: str) -> str:
+    """Position words from the canvas thirds: "at the top left", "on the left", "at the bottom", "in the center"."""
+    if column == "center" and row == "middle":
+        return "in the center"
+    if row == "middle":
+        return f"on the {column}"
+    if column == "center":
+        return f"at the {row}"
+    return f"at the {row} {column}"
+
+
+def position_cell(cx: float, cy: float, canvas: float = CANVAS) -> tuple[str, str]:
+    """(column, row) words of a centre point, from thirds of the canvas."""
+    col = COLUMNS[min(2, max(0, int(cx * 3 // canvas)))]
+    row = ROWS[min(2, max(0, int(cy * 3 // canvas)))]
+    return col, row
+
+
+def size_word(radius: float) -> str:
+    """Nearest size word for a radius (in 64-px canvas units)."""
+    return min(SIZES, key=lambda w: abs(SIZES[w] - radius))
+
+
+def all_words() -> list[str]:
+    """Every word that Tiny World captions (and held-out shape names) use; each is one token."""
+    words = list(FUNCTION_WORDS) + list(BACKGROUNDS) + list(PALETTE) + list(ALL_SHAPES) + list(SIZES)
+    words += list(COLUMNS) + list(ROWS)
+    seen: list[str] = []
+    for w in words:
+        if w not in seen:
+            seen.append(w)
+    return seen
