@@ -390,8 +390,21 @@ def main(argv: list[str] | None = None) -> int:
     recipe = Recipe(**overrides)
     work: Path = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.FileHandler(work / "train.log"), logging.StreamHandler(sys.stderr)])
+    handlers = [logging.FileHandler(work / "train.log"), logging.StreamHandler(sys.stderr)]
+    for h in handlers:
+        h.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(h)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        return _run(args, p, recipe, work)
+    finally:
+        for h in handlers:  # a second call (tests) must not log twice
+            log.removeHandler(h)
+            h.close()
+
+
+def _run(args, p, recipe: Recipe, work: Path) -> int:
     log.info("recipe %s device %s", json.dumps(asdict(recipe)), args.device)
     if args.stages != "export":  # an export-only run keeps the recipe the weights were trained with
         (work / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))

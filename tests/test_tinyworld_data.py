@@ -1,0 +1,245 @@
+"""Tiny World scene generator, captions, analyzer and tokenizer: the ground truth everything is measured by."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from studio.tinyworld.analyzer import analyze
+from studio.tinyworld.captions import caption_for, full_caption
+from studio.tinyworld.scenes import SceneObject, SceneSpec, generate_scene, scene_from_objects
+from studio.tinyworld.vocab import (
+    ALL_SHAPES,
+    BACKGROUNDS,
+    HELD_OUT_SHAPES,
+    PALETTE,
+    SIZES,
+    TRAIN_SHAPES,
+    all_words,
+    position_cell,
+    position_phrase,
+)
+
+# ------------------------------------------------------------------------------------------------ generator
+
+
+def test_scenes_are_deterministic():
+    a, b = generate_scene(123), generate_scene(123)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert a.caption == b.caption and a.objects == b.objects
+    assert not np.array_equal(np.asarray(a.image), np.asarray(generate_scene(124).image))
+
+
+def test_scene_invariants_over_many_seeds():
+    for seed in range(300):
+        s = generate_scene(seed)
+        assert s.image.size == (64, 64) and s.image.mode == "RGB"
+        assert 1 <= len(s.objects) <= 3
+        assert s.background in BACKGROUNDS
+        arr = np.asarray(s.image)
+        assert tuple(arr[0, 0]) == BACKGROUNDS[s.background]  # corners always background (margins)
+        for o, m in zip(s.objects, s.masks):
+            assert o.shape in TRAIN_SHAPES and o.colour in PALETTE and o.size in SIZES
+            assert abs(o.radius / SIZES[o.size] - 1) <= 0.08 + 1e-9
+            assert o.cx - o.radius >= 1 - 1e-9 and o.cx + o.radius <= 63 + 1e-9
+            assert m.dtype == bool and m.shape == (64, 64) and m.any()
+            # a solid interior pixel has the exact palette colour
+            iy, ix = int(o.cy), int(o.cx)
+            if o.shape != "triangle":
+                assert tuple(arr[iy, ix]) == PALETTE[o.colour]
+        for i, p in enumerate(s.objects):  # bounding squares at least 2 px apart on one axis
+            for q in s.objects[i + 1 :]:
+                gap = max(abs(p.cx - q.cx) - p.radius - q.radius, abs(p.cy - q.cy) - p.radius - q.radius)
+                assert gap >= 2.0 - 1e-9
+
+
+def test_edges_are_anti_aliased():
+    s = scene_from_objects("white", [SceneObject("circle", "blue", "huge", 19.0, 32.0, 32.0)])
+    colours = {tuple(c) for c in np.asarray(s.image).reshape(-1, 3)}
+    assert len(colours) > 5  # blends along the edge, not just two colours
+
+
+def test_shapes_fill_their_square():
+    r, c = 15.0, 32.0
+    areas = {}
+    for shape in ALL_SHAPES:
+        s = scene_from_objects("black", [SceneObject(shape, "red", "large", r, c, c)])
+        m = s.masks[0]
+        ys, xs = np.nonzero(m)
+        areas[shape] = m.sum() / (2 * r) ** 2
+        if shape != "star":
+            assert xs.max() - xs.min() + 1 == pytest.approx(2 * r, abs=1.5)
+            assert ys.max() - ys.min() + 1 == pytest.approx(2 * r, abs=1.5)
+    assert areas["square"] == pytest.approx(1.0, abs=0.06)
+    assert areas["circle"] == pytest.approx(np.pi / 4, abs=0.05)
+    assert areas["triangle"] == pytest.approx(0.5, abs=0.05)
+    assert areas["ring"] == pytest.approx(np.pi / 4 * 0.75, abs=0.05)
+    # ring has background inside
+    s = scene_from_objects("gray", [SceneObject("ring", "red", "large", r, c, c)])
+    assert tuple(np.asarray(s.image)[32, 32]) == BACKGROUNDS["gray"]
+
+
+def test_position_words():
+    assert position_phrase(*position_cell(5, 5)) == "at the top left"
+    assert position_phrase(*position_cell(5, 32)) == "on the left"
+    assert position_phrase(*position_cell(32, 60)) == "at the bottom"
+    assert position_phrase(*position_cell(32, 32)) == "in the center"
+    assert position_phrase(*position_cell(60, 60)) == "at the bottom right"
+
+
+# ------------------------------------------------------------------------------------------------- captions
+
+
+def test_caption_grammar_and_shares():
+    rng = random.Random(0)
+    styles = Counter()
+    word_set = set(all_words())
+    for seed in range(2000):
+        s = generate_scene(seed)
+        cap = caption_for(s.background, s.objects, rng)
+        if not cap:
+            styles["empty"] += 1
+            continue
+        assert set(cap.split()) <= word_set
+        assert re.search(r"\ba [aeiou]", cap) is None, cap  # "an orange", never "a orange"
+        assert re.search(r"\ban [^aeiou]", cap) is None, cap
+        assert cap.count(" and ") == len(s.objects) - 1  # every object is mentioned
+        n_attr = sum(w in SIZES or w in PALETTE for w in cap.split())
+        has_pos = any(w in ("left", "right", "top", "bottom", "center") for w in cap.split())
+        if len(s.objects) == 1 and n_attr <= 1 and not has_pos:
+            styles["sparse"] += 1
+        if not has_pos:
+            styles["no_position"] += 1
+        if "background" in cap:
+            styles["background"] += 1
+    assert 0.07 <= styles["empty"] / 2000 <= 0.13
+    assert styles["sparse"] > 50 and styles["no_position"] > 300 and styles["background"] > 800
+
+
+def test_full_caption_names_everything():
+    s = generate_scene(5, SceneSpec(n_objects=1))
+    o = s.objects[0]
+    cap = full_caption(s.background, s.objects)
+    assert o.size in cap and o.colour in cap and o.shape in cap and position_phrase(o.column, o.row) in cap
+    assert cap.endswith(f"on a {s.background} background")
+
+
+def test_held_out_shapes_never_in_training_data(tmp_path):
+    from studio.tinyworld.dataset import build_dataset
+    from studio.tinyworld.tokenizer import write_tokenizer_files
+
+    data = build_dataset(400, write_tokenizer_files(tmp_path / "tok"), workers=1)
+    words = {w for caps in data.captions for c in caps for w in c.split()}
+    assert not words & set(HELD_OUT_SHAPES)
+    seen_shapes = Counter()
+    for img in data.images[:200]:
+        for o in analyze(img).objects:
+            seen_shapes[o.shape] += 1
+    assert not set(seen_shapes) & set(HELD_OUT_SHAPES), seen_shapes
+    assert set(seen_shapes) == set(TRAIN_SHAPES)
+
+
+# ------------------------------------------------------------------------------------------------- analyzer
+
+
+def _agreement(n: int, shapes=TRAIN_SHAPES, base=1_000_000):
+    c, objs = Counter(), 0
+    for seed in range(base, base + n):
+        s = generate_scene(seed, SceneSpec(shapes=shapes))
+        a = analyze(s.image)
+        c["background"] += a.background == s.background
+        c["count"] += len(a.objects) == len(s.objects)
+        for o, m in zip(s.objects, s.masks):
+            objs += 1
+            best = max(a.objects, key=lambda d: (d.mask & m).sum(), default=None)
+            if best is None or not (best.mask & m).any():
+                continue
+            c["colour"] += best.colour == o.colour
+            c["shape"] += best.shape == o.shape
+            c["radius"] += abs(best.radius - o.radius) <= 1.0
+    return {k: v / (n if k in ("background", "count") else objs) for k, v in c.items()}
+
+
+def test_analyzer_agrees_with_ground_truth_on_2000_scenes():
+    rates = _agreement(2000)
+    assert rates["background"] >= 0.99 and rates["count"] >= 0.99 and rates["colour"] >= 0.99, rates
+    assert rates["shape"] >= 0.97 and rates["radius"] >= 0.95, rates
+
+
+def test_analyzer_recognises_held_out_shapes():
+    rates = _agreement(300, shapes=ALL_SHAPES, base=2_000_000)
+    assert rates["shape"] >= 0.95 and rates["colour"] >= 0.99, rates
+
+
+def test_analyzer_reports_hue_position_and_mask():
+    s = scene_from_objects("white", [SceneObject("square", "orange", "large", 15.0, 16.5, 47.0)])
+    a = analyze(s.image)
+    (o,) = a.objects
+    assert o.colour == "orange" and 20 <= o.hue <= 40
+    assert o.position == "at the bottom left" and o.size == "large"
+    assert (o.mask == s.masks[0]).mean() > 0.98
+
+
+def test_analyzer_on_larger_images_and_noise():
+    s = generate_scene(77)
+    big = s.image.resize((256, 256))
+    assert [o.shape for o in analyze(big).objects] == [o.shape for o in analyze(s.image).objects]
+    noisy = np.asarray(s.image).astype(np.int16) + np.random.default_rng(0).integers(-12, 13, (64, 64, 3))
+    a = analyze(np.clip(noisy, 0, 255).astype(np.uint8))
+    assert a.background == s.background and len(a.objects) == len(s.objects)
+
+
+def test_analyzer_flags_unknown_blobs_and_rejects_small_images():
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (64, 64), BACKGROUNDS["black"])
+    ImageDraw.Draw(im).line([(5, 5), (58, 40), (10, 60)], fill=PALETTE["green"], width=3)
+    (o,) = analyze(im).objects
+    assert o.shape == "unknown"
+    with pytest.raises(ValueError, match="at least 64x64"):
+        analyze(Image.new("RGB", (32, 32)))
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from studio.tinyworld.tokenizer import load_tokenizer, write_tokenizer_files
+
+    return load_tokenizer(write_tokenizer_files(tmp_path_factory.mktemp("tok")))
+
+
+def test_every_tiny_world_word_is_one_token(tokenizer):
+    from transformers import CLIPTokenizer
+
+    assert isinstance(tokenizer, CLIPTokenizer)
+    for w in all_words():
+        assert len(tokenizer(w, add_special_tokens=False).input_ids) == 1, w
+
+
+def test_other_words_fall_back_without_error(tokenizer):
+    text = "A zebra-like Unicorn, 42! ☃ naïve"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert len(ids) > 10  # sub-word / character pieces
+    assert tokenizer.decode(ids).replace(" ", "") == text.lower().replace(" ", "")  # nothing lost
+
+
+def test_add_tokens_for_textual_inversion(tokenizer):
+    n = len(tokenizer)
+    tokenizer.add_tokens(["<my-star>"])
+    assert len(tokenizer) == n + 1
+    assert "<my-star>" in tokenizer.tokenize("a red <my-star> on the left")
+
+
+def test_shipped_tokenizer_files(tokenizer):
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "assets" / "tinyworld" / "tokenizer"
+    if not folder.exists():
+        pytest.skip("assets/tinyworld not built")
+    assert (folder / "vocab.json").exists() and (folder / "merges.txt").exists()

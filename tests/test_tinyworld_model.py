@@ -1,0 +1,110 @@
+"""The shipped Tiny World model: a stock diffusers folder that draws recognisable scenes; the training script runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from studio.tinyworld.analyzer import analyze
+
+MODEL = Path(__file__).resolve().parents[1] / "assets" / "tinyworld"
+needs_model = pytest.mark.skipif(not MODEL.exists(), reason="assets/tinyworld not built")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import StableDiffusionPipeline
+
+    p = StableDiffusionPipeline.from_pretrained(str(MODEL))  # no custom code, no torch_dtype
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@needs_model
+def test_folder_layout_and_size():
+    index = json.loads((MODEL / "model_index.json").read_text())
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert part in index
+    assert index.get("safety_checker") in (None, [None, None])
+    weights = list(MODEL.rglob("*.safetensors"))
+    assert sum(f.stat().st_size for f in weights) <= 25 * 1024 * 1024
+    assert not list(MODEL.rglob("*.bin")) and not list(MODEL.rglob("*.ckpt"))
+    preview = json.loads((MODEL / "latent_preview.json").read_text())
+    assert len(preview["matrix"]) == 4 and len(preview["bias"]) == 3
+    from safetensors.torch import load_file
+
+    stats = load_file(str(MODEL / "latent_stats.safetensors"))
+    assert stats["mean"].shape == (4, 16, 16) and stats["components"].shape[1:] == (4, 16, 16)
+    for f in [w for w in weights if w.parent != MODEL]:  # model weights fp16 on disk (stats stay fp32)
+        t = next(iter(load_file(str(f)).values()))
+        assert t.dtype == torch.float16
+
+
+@needs_model
+def test_loads_as_fp32_with_expected_shapes(pipe):
+    assert pipe.unet.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
+    assert pipe.vae_scale_factor == 4 and pipe.vae.config.latent_channels == 4
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    # cross-attention at 16x16 and 8x8 latent resolutions
+    down = [type(b).__name__ for b in pipe.unet.down_blocks]
+    assert down[:2] == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+    # the VAE scaling factor gives roughly unit-variance latents
+    from studio.tinyworld.scenes import generate_scene
+
+    x = torch.stack([torch.from_numpy(__import__("numpy").asarray(generate_scene(s).image)).permute(2, 0, 1)
+                     for s in range(64)]).float() / 127.5 - 1
+    with torch.no_grad():
+        z = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+    assert 0.8 < float(z.std()) < 1.25
+
+
+@needs_model
+def test_vae_reconstructs_scenes(pipe):
+    import numpy as np
+
+    from studio.tinyworld.scenes import generate_scene
+
+    scenes = [generate_scene(900 + s) for s in range(16)]
+    x = torch.stack([torch.from_numpy(np.asarray(s.image)).permute(2, 0, 1) for s in scenes]).float() / 127.5 - 1
+    with torch.no_grad():
+        rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    psnr = 10 * torch.log10(4.0 / ((rec - x) ** 2).mean())
+    assert psnr > 28, float(psnr)
+
+
+@needs_model
+def test_pipeline_draws_recognisable_scenes(pipe):
+    """Plain StableDiffusionPipeline, default sampler: the analyzer finds what the prompt asked for."""
+    prompts = ["a large red square on a black background", "a huge blue circle on a white background",
+               "a large yellow triangle on a gray background", "a large green circle on a black background"]
+    out = pipe(prompts, num_inference_steps=20, guidance_scale=3.0,
+               generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))])
+    hits = 0
+    for prompt, image in zip(prompts, out.images):
+        a = analyze(image)
+        words = prompt.split()
+        assert a.background == words[-2], (prompt, a.background)
+        hits += bool(a.objects) and a.objects[0].colour == words[2]
+    assert hits >= 3
+
+
+@pytest.mark.slow
+def test_training_smoke_runs_every_stage(tmp_path):
+    """A few steps of every stage on a handful of scenes, so the training script keeps working."""
+    from studio.tinyworld.train import main
+
+    out = tmp_path / "model"
+    assert main(["--smoke", "--work-dir", str(tmp_path / "work"), "--out", str(out), "--workers", "1"]) == 0
+    from diffusers import StableDiffusionPipeline
+
+    p = StableDiffusionPipeline.from_pretrained(str(out))
+    image = p("a red circle", num_inference_steps=2, output_type="pil").images[0]
+    assert image.size == (64, 64)
+    # resumable: a second run finds every stage done and skips it
+    assert main(["--smoke", "--work-dir", str(tmp_path / "work"), "--out", str(out), "--workers", "1",
+                 "--stages", "data,vae,latents,unet"]) == 0
+    log = (tmp_path / "work" / "train.log").read_text()
+    assert "vae: " in log and "exists, skipping" in log
