@@ -36,14 +36,22 @@ def tiny_pipelines():
 
 @pytest.fixture(scope="session")
 def tiny_models(tiny_pipelines):
-    """``tiny_models(family)`` -> a session-shared :class:`studio.models.LoadedModel`."""
-    from studio.models import from_pipeline
+    """``tiny_models(family)`` -> a session-shared :class:`studio.models.LoadedModel`.
+
+    ``family`` is ``"sd1"`` or ``"sd2v"`` (random tiny models) or ``"tinyworld"``
+    (the shipped assets on CPU; the test is skipped when they are absent)."""
+    from studio.models import from_pipeline, load_model, repo_root
 
     built = {}
 
     def get(family: str = "sd1"):
         if family not in built:
-            built[family] = from_pipeline(tiny_pipelines(family), name=f"tiny-{family}")
+            if family == "tinyworld":
+                if not (repo_root() / "assets" / "tinyworld" / "model_index.json").is_file():
+                    pytest.skip("Tiny World assets (assets/tinyworld) are not present")
+                built[family] = load_model("tinyworld", device="cpu")
+            else:
+                built[family] = from_pipeline(tiny_pipelines(family), name=f"tiny-{family}")
         return built[family]
 
     return get
