@@ -1,0 +1,87 @@
+"""The studio's Gradio app: ``build_app(model, outputs_dir)`` and ``launch_app``.
+
+The model is shared read-only by every browser session; each session's own
+state (gallery, last seed, cancel token, history listing) lives in one
+``gr.State``. Every model-bound event uses the concurrency group ``"gpu"``
+with limit 1, so runs from all sessions go through one queue, one at a time;
+light events (stop, seeds, examples, history) never wait behind a run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gradio as gr
+
+from studio.presets import PresetError, load_presets
+
+from .generate_tab import GenerateHandlers, build_generate_tab
+from .history_tab import GENERATE_TAB_ID, HISTORY_TAB_ID, HistoryHandlers, build_history_tab
+from .session import SessionState
+
+TITLE = "Controllable Diffusion Studio"
+log = logging.getLogger("studio.ui")
+
+CSS = """
+#preview img, #gallery img, #history_gallery img, #history_image img { image-rendering: pixelated; }
+.studio-status { padding: 6px 10px; border-radius: 6px; font-size: 0.92em; min-height: 1.6em; }
+.studio-ok { background: rgba(34, 160, 80, 0.12); }
+.studio-warning { background: rgba(230, 160, 20, 0.18); }
+.studio-error { background: rgba(220, 40, 40, 0.15); }
+.studio-progress { display: flex; align-items: center; gap: 8px; font-variant-numeric: tabular-nums; }
+.studio-progress progress { flex: 1; height: 10px; }
+.studio-details th { text-align: left; padding-right: 10px; white-space: nowrap; }
+footer { display: none !important; }
+"""
+
+
+def build_app(model, outputs_dir, *, examples_path=None, controller=None, store=None) -> gr.Blocks:
+    """The studio UI for ``model`` saving into ``outputs_dir``.
+
+    ``controller``/``store`` may be passed in (tests); by default an
+    :class:`~studio.outputs.OutputStore` on ``outputs_dir`` and a
+    ``GenerateController(model, store)`` are created. The store is kept on the
+    returned Blocks as ``studio_store`` (close it after the server stops)."""
+    from studio.outputs import OutputStore
+
+    if store is None:
+        store = OutputStore(Path(outputs_dir))
+    if controller is None:
+        from studio.controllers.generate import GenerateController
+
+        controller = GenerateController(model, store)
+    try:
+        presets, presets_error = load_presets(examples_path), None
+    except PresetError as e:
+        presets, presets_error = [], str(e)
+        log.warning("examples not loaded: %s", e)
+
+    generate_handlers = GenerateHandlers(controller, model, presets=presets, presets_error=presets_error)
+    history_handlers = HistoryHandlers(store, generate_handlers)
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        state = gr.State(SessionState())
+        name = getattr(model, "name", "model")
+        size = getattr(model, "default_size", "?")
+        gr.Markdown(f"# {TITLE}\n<small>model **{name}** · {size}×{size} · device {getattr(model, 'device', '?')}"
+                    f" · outputs `{Path(outputs_dir)}`</small>", elem_id="header")
+        with gr.Tabs(selected=GENERATE_TAB_ID) as tabs:
+            with gr.Tab("Generate", id=GENERATE_TAB_ID, elem_id="tab_generate"):
+                generate_tab = build_generate_tab(generate_handlers, state)
+            with gr.Tab("History", id=HISTORY_TAB_ID, elem_id="tab_history") as history_tab:
+                build_history_tab(history_handlers, state, generate_tab, tabs, history_tab)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.studio_store = store
+    demo.studio_controller = controller
+    demo.studio_outputs = Path(outputs_dir)
+    return demo
+
+
+def launch_app(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+               auth: tuple[str, str] | None = None, **kwargs):
+    """``demo.launch`` with the studio's CSS and its outputs folder servable."""
+    outputs = getattr(demo, "studio_outputs", None)
+    allowed = [str(Path(outputs).resolve())] if outputs is not None else []
+    return demo.launch(server_name=host, server_port=port, share=share, auth=auth, css=CSS,
+                       allowed_paths=allowed, show_error=False, footer_links=[], **kwargs)
