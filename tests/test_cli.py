@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from studio.cli import main
-from studio.models import from_pipeline, load_model, repo_root
+from studio.models import repo_root
 from studio.outputs import History, read_image_settings
 
 TINYWORLD = repo_root() / "assets" / "tinyworld"
@@ -29,12 +29,9 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def model(one_torch_thread):
-    if (TINYWORLD / "model_index.json").is_file():
-        return load_model("tinyworld", device="cpu")
-    from tests.helpers import tiny_pipeline
-
-    return from_pipeline(tiny_pipeline("sd1"), name="tiny-sd1")
+def model(one_torch_thread, tiny_models):
+    """Tiny World when its assets are here (64x64, fast; shared by the session), else the tiny random SD model."""
+    return tiny_models("tinyworld" if (TINYWORLD / "model_index.json").is_file() else "sd1")
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from studio.controllers import (
     RANDOM_SEED, GenerateController, PreviewConfig, model_defaults, resolve_seed, settings_from_image,
 )
 from studio.engine import Cancelled, CancelToken, GenerationRequest, InvalidRequest
-from studio.models import from_pipeline, load_model, repo_root
+from studio.models import repo_root
 from studio.outputs import MetadataError, OutputStore, read_image_settings
 
 TINYWORLD = repo_root() / "assets" / "tinyworld"
@@ -38,13 +38,9 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def model(one_torch_thread):
-    """Tiny World when its assets are here (64x64, fast), else the tiny random SD model."""
-    if (TINYWORLD / "model_index.json").is_file():
-        return load_model("tinyworld", device="cpu")
-    from tests.helpers import tiny_pipeline
-
-    return from_pipeline(tiny_pipeline("sd1"), name="tiny-sd1")
+def model(one_torch_thread, tiny_models):
+    """Tiny World when its assets are here (64x64, fast; shared by the session), else the tiny random SD model."""
+    return tiny_models("tinyworld" if (TINYWORLD / "model_index.json").is_file() else "sd1")
 
 
 @pytest.fixture
