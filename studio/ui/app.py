@@ -25,12 +25,13 @@ log = logging.getLogger("studio.ui")
 
 CSS = """
 #preview img, #gallery img, #history_gallery img, #history_image img { image-rendering: pixelated; }
+#preview img, #history_image img { width: 100%; height: 100%; object-fit: contain; }
 .studio-status { padding: 6px 10px; border-radius: 6px; font-size: 0.92em; min-height: 1.6em; }
 .studio-ok { background: rgba(34, 160, 80, 0.12); }
 .studio-warning { background: rgba(230, 160, 20, 0.18); }
 .studio-error { background: rgba(220, 40, 40, 0.15); }
 .studio-progress { display: flex; align-items: center; gap: 8px; font-variant-numeric: tabular-nums; }
-.studio-progress progress { flex: 1; height: 10px; }
+.studio-progress progress { flex: 1; height: 12px; accent-color: var(--color-accent); }
 .studio-details th { text-align: left; padding-right: 10px; white-space: nowrap; }
 footer { display: none !important; }
 """

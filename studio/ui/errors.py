@@ -50,6 +50,17 @@ def unexpected_message(exc: BaseException, context: str) -> str:
            "details are in the server log"
 
 
+_ROLE_NAMES = (("uncond prompt", "Negative prompt"), ("cond prompt", "Prompt"))
+
+
+def friendly_warning(text: str) -> str:
+    """Engine warnings name prompts by role ("cond prompt truncated..."); say "Prompt"."""
+    for role, name in _ROLE_NAMES:
+        if text.startswith(role):
+            return name + text[len(role):]
+    return text
+
+
 def status_html(message: str, kind: str = "info") -> str:
     """The status line under the buttons (``kind``: info, ok, warning, error)."""
     from html import escape

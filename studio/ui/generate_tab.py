@@ -28,7 +28,9 @@ from studio.engine import SAMPLERS, Cancelled, CancelToken, GenerationRequest
 from studio.engine.validate import MAX_BATCH, MAX_CFG, MAX_SEED, MAX_STEPS, size_rule
 from studio.presets import Preset
 
-from .errors import USER_ERRORS, Notify, gradio_warning, status_html, unexpected_message, user_message
+from .errors import (
+    USER_ERRORS, Notify, friendly_warning, gradio_warning, status_html, unexpected_message, user_message,
+)
 from .session import SessionState
 
 FORM_FIELDS: tuple[str, ...] = (
@@ -38,7 +40,6 @@ GENERATE_OUTPUTS: tuple[str, ...] = ("preview", "progress", "gallery", "status",
 FORM_OUTPUTS: tuple[str, ...] = FORM_FIELDS + ("status",)
 
 RANDOM_SEED = -1
-PREVIEW_CAPTION = "x0 preview"
 
 
 def skip() -> Any:
@@ -245,7 +246,7 @@ class GenerateHandlers:
             return
         try:
             request = self.request_from_form(*form)
-            early_warnings = [str(w) for w in self.controller.validate(request)]
+            early_warnings = [friendly_warning(str(w)) for w in self.controller.validate(request)]
         except USER_ERRORS as e:
             message = user_message(e, "Cannot generate")
             self.notify(message)
@@ -335,7 +336,7 @@ class GenerateHandlers:
         images = list(getattr(outcome, "images", []) or [])
         saved = list(getattr(outcome, "saved", []) or [])
         seeds = list(getattr(outcome, "seeds", []) or [])
-        warnings = [str(w) for w in (getattr(outcome, "warnings", []) or [])]
+        warnings = [friendly_warning(str(w)) for w in (getattr(outcome, "warnings", []) or [])]
         timings = dict(getattr(outcome, "timings", {}) or {})
         items = []
         for i, image in enumerate(images):
@@ -467,8 +468,8 @@ def build_generate_tab(handlers: GenerateHandlers, state: gr.State) -> GenerateT
                 with gr.Row(equal_height=True):
                     seed = gr.Number(value=d["seed"], label="Seed (-1 = random)", precision=0,
                                      minimum=RANDOM_SEED, maximum=lim.max_seed, elem_id="seed", scale=3)
-                    random_seed = gr.Button("🎲 Random", elem_id="seed_random", scale=1, size="sm")
-                    reuse_seed = gr.Button("♻ Reuse last", elem_id="seed_reuse", scale=1, size="sm")
+                    random_seed = gr.Button("Random", elem_id="seed_random", scale=1, size="sm")
+                    reuse_seed = gr.Button("Reuse last", elem_id="seed_reuse", scale=1, size="sm")
             if handlers.presets:
                 examples = gr.Dataset(components=["textbox", "textbox"], headers=["Example", "Prompt"],
                                       samples=handlers.example_samples(), type="index", label="Examples",
@@ -483,8 +484,8 @@ def build_generate_tab(handlers: GenerateHandlers, state: gr.State) -> GenerateT
             preview = gr.Image(label="Preview", type="pil", format="png", interactive=False, elem_id="preview",
                                height=340, buttons=["download", "fullscreen"])
             progress = gr.HTML(idle_progress_html(), elem_id="progress")
-    gallery = gr.Gallery(label="This session's images", elem_id="gallery", columns=8, height="auto",
-                         object_fit="contain", format="png", interactive=False)
+            gallery = gr.Gallery(label="This session's images", elem_id="gallery", columns=5, height=300,
+                                 object_fit="contain", format="png", interactive=False)
 
     form = [prompt, negative, sampler, steps, cfg, seed, width, height, batch]
     generate.click(handlers.generate, inputs=[state, *form],
@@ -497,7 +498,10 @@ def build_generate_tab(handlers: GenerateHandlers, state: gr.State) -> GenerateT
                       api_visibility="undocumented")
     reuse_seed.click(handlers.reuse_seed, inputs=[state], outputs=[seed], queue=False, show_progress="hidden",
                      api_visibility="undocumented")
-    settings_file.upload(handlers.load_settings, inputs=[settings_file], outputs=[*form, status],
+    def load_and_clear(file):  # clearing the upload box lets the next file be dropped right away
+        return (*handlers.load_settings(file), None)
+
+    settings_file.upload(load_and_clear, inputs=[settings_file], outputs=[*form, status, settings_file],
                          concurrency_limit=None, concurrency_id="light", show_progress="hidden",
                          api_name="load_settings")
     if examples is not None:

@@ -13,12 +13,12 @@ from typing import Any
 import gradio as gr
 
 from .errors import USER_ERRORS, Notify, gradio_warning, status_html, unexpected_message, user_message
-from .generate_tab import FORM_FIELDS, GenerateHandlers, GenerateTab
+from .generate_tab import FORM_FIELDS, GenerateHandlers, GenerateTab, idle_progress_html
 from .session import SessionState
 
 SEARCH_OUTPUTS: tuple[str, ...] = ("gallery", "info", "state")
 SELECT_OUTPUTS: tuple[str, ...] = ("image", "details", "reopen", "state")
-REOPEN_OUTPUTS: tuple[str, ...] = FORM_FIELDS + ("status", "preview", "tabs")
+REOPEN_OUTPUTS: tuple[str, ...] = FORM_FIELDS + ("status", "preview", "progress", "tabs")
 GENERATE_TAB_ID = "generate"
 HISTORY_TAB_ID = "history"
 
@@ -91,23 +91,23 @@ class HistoryHandlers:
         if session.history_selected is None:
             message = "Select a run in the history first."
             self.notify(message)
-            return none + (status_html(message, "warning"), skip(), skip())
+            return none + (status_html(message, "warning"), skip(), skip(), skip())
         record = self.store.get(session.history_selected)
         if record is None:
             message = f"Run #{session.history_selected} is no longer in the history."
             self.notify(message)
-            return none + (status_html(message, "warning"), skip(), skip())
+            return none + (status_html(message, "warning"), skip(), skip(), skip())
         try:
             settings = record.settings()
         except USER_ERRORS as e:
             message = user_message(e, f"Cannot restore run #{record.id}")
             self.notify(message)
-            return none + (status_html(message, "error"), skip(), skip())
+            return none + (status_html(message, "error"), skip(), skip(), skip())
         values = {name: getattr(settings, name) for name in FORM_FIELDS if hasattr(settings, name)}
         values["batch_size"] = 1  # the seed is this image's own seed
         restored = self.generate._restore(values, [], f"Reopened run #{record.id} (seed {settings.seed})")
         image = str(record.path) if record.path.is_file() else skip()
-        return restored + (image, gr.Tabs(selected=GENERATE_TAB_ID))
+        return restored + (image, idle_progress_html(f"run #{record.id}"), gr.Tabs(selected=GENERATE_TAB_ID))
 
 
 def build_history_tab(handlers: HistoryHandlers, state: gr.State, generate: GenerateTab, tabs: gr.Tabs,
@@ -138,6 +138,7 @@ def build_history_tab(handlers: HistoryHandlers, state: gr.State, generate: Gene
 
     gallery.select(on_select, inputs=[state], outputs=[image, details, reopen, state], **light,
                    api_visibility="undocumented")
-    reopen.click(handlers.reopen, inputs=[state], outputs=[*generate.form, generate.status, generate.preview, tabs],
+    reopen.click(handlers.reopen, inputs=[state],
+                 outputs=[*generate.form, generate.status, generate.preview, generate.progress, tabs],
                  **light, api_visibility="undocumented")
 
