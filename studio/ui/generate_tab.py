@@ -287,7 +287,7 @@ class GenerateHandlers:
         # 3. stream: keep only the newest frame, at most one update per frame_interval
         final = None
         try:
-            frame, dirty, last_sent = None, False, 0.0
+            frame, dirty, last_sent, announced = None, False, 0.0, False
             while final is None:
                 try:
                     items = [events.get(timeout=self.frame_interval / 2)]
@@ -306,6 +306,10 @@ class GenerateHandlers:
                     else:
                         final = item
                 now = time.monotonic()
+                if final is None and token.cancelled and not announced:
+                    announced = True
+                    yield self._generate_out(status=status_html(f"Stopping at step {step}/{total}…", "warning"),
+                                             stop=gr.update(interactive=False))
                 if final is None and dirty and now - last_sent >= self.frame_interval:
                     yield self._generate_out(preview=frame if frame is not None else skip(),
                                              progress=progress_html(step, total))
@@ -360,12 +364,15 @@ class GenerateHandlers:
                           progress=progress_html(total, total, "done"), gallery=list(session.gallery),
                           status=status_html("\n".join(lines), "warning" if warnings else "ok"))
 
-    def stop(self, session: SessionState) -> str:
-        """Cancel this session's run (the engine stops before its next step)."""
-        if session.cancel is None:
-            return status_html("Nothing to stop.", "info")
-        session.cancel.cancel()
-        return status_html("Stopping…", "warning")
+    def stop(self, session: SessionState) -> Any:
+        """Cancel this session's run (the engine stops before its next step).
+
+        Returns the update for the Stop button (disabled at once). The running
+        generator reports "Stopping…" and then "Stopped at step k/N" itself, so
+        the status line has a single writer and no stale message can win."""
+        if session.cancel is not None:
+            session.cancel.cancel()
+        return gr.update(interactive=False)
 
     # ------------------------------------------------------------------ seed
 
@@ -485,27 +492,27 @@ def build_generate_tab(handlers: GenerateHandlers, state: gr.State) -> GenerateT
                                height=340, buttons=["download", "fullscreen"])
             progress = gr.HTML(idle_progress_html(), elem_id="progress")
             gallery = gr.Gallery(label="This session's images", elem_id="gallery", columns=5, height=300,
-                                 object_fit="contain", format="png", interactive=False)
+                                 object_fit="contain", format="png", interactive=False, fit_columns=False)
 
     form = [prompt, negative, sampler, steps, cfg, seed, width, height, batch]
+    # model-bound: one queue for every session ("gpu", one at a time); light events
+    # are queued too (gr.Warning needs the queue) but never wait behind a run
+    light = dict(concurrency_limit=None, concurrency_id="light", show_progress="hidden")
     generate.click(handlers.generate, inputs=[state, *form],
                    outputs=[preview, progress, gallery, status, generate, stop, state],
                    concurrency_limit=1, concurrency_id="gpu", show_progress="minimal",
                    show_progress_on=[progress], api_name="generate")
-    stop.click(handlers.stop, inputs=[state], outputs=[status], queue=False, show_progress="hidden",
-               api_name="stop")
-    random_seed.click(handlers.random_seed, outputs=[seed], queue=False, show_progress="hidden",
-                      api_visibility="undocumented")
-    reuse_seed.click(handlers.reuse_seed, inputs=[state], outputs=[seed], queue=False, show_progress="hidden",
-                     api_visibility="undocumented")
+    stop.click(handlers.stop, inputs=[state], outputs=[stop], **light, api_name="stop")
+    random_seed.click(handlers.random_seed, outputs=[seed], **light, api_visibility="undocumented")
+    reuse_seed.click(handlers.reuse_seed, inputs=[state], outputs=[seed], **light, api_visibility="undocumented")
+
     def load_and_clear(file):  # clearing the upload box lets the next file be dropped right away
         return (*handlers.load_settings(file), None)
 
-    settings_file.upload(load_and_clear, inputs=[settings_file], outputs=[*form, status, settings_file],
-                         concurrency_limit=None, concurrency_id="light", show_progress="hidden",
+    settings_file.upload(load_and_clear, inputs=[settings_file], outputs=[*form, status, settings_file], **light,
                          api_name="load_settings")
     if examples is not None:
-        examples.click(handlers.apply_example, inputs=[examples], outputs=[*form, status], queue=False,
-                       show_progress="hidden", api_visibility="undocumented")
+        examples.click(handlers.apply_example, inputs=[examples], outputs=[*form, status], **light,
+                       api_visibility="undocumented")
     return GenerateTab(form=form, preview=preview, progress=progress, gallery=gallery, status=status,
                        generate=generate, stop=stop)

@@ -120,7 +120,8 @@ def build_history_tab(handlers: HistoryHandlers, state: gr.State, generate: Gene
     info = gr.HTML(status_html("Open this tab or press Refresh to list past runs."), elem_id="history_info")
     with gr.Row(equal_height=False):
         gallery = gr.Gallery(label="Past runs (newest first)", elem_id="history_gallery", columns=6, height=520,
-                             allow_preview=False, object_fit="contain", interactive=False, scale=3)
+                             allow_preview=False, object_fit="contain", interactive=False, scale=3,
+                             fit_columns=False)
         with gr.Column(scale=2, min_width=300):
             image = gr.Image(label="Selected run", type="filepath", interactive=False, elem_id="history_image",
                              height=300)

@@ -1,0 +1,236 @@
+"""End-to-end: ``python launch.py`` on Tiny World, driven by Debian's Chromium (Playwright).
+
+Types a prompt, clicks Generate, watches the live preview change, checks the
+final image, the PNG and its metadata on disk, saves ``docs/screenshot.png``,
+checks that a second browser context has its own (empty) gallery, and that Stop
+returns the UI to idle.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium")
+PROMPT = "a large red circle at the top left on a black background"
+SEED = 1234
+STEPS = 40  # enough steps for several distinct preview frames at ~0.1 s per step
+START_TIMEOUT = 240.0
+RUN_TIMEOUT = 240.0
+VIEWPORT = {"width": 1280, "height": 900}
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"launch.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"studio did not answer on {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    """A live studio (subprocess) on a free port; yields (url, outputs folder)."""
+    if not (ROOT / "assets" / "tinyworld" / "model_index.json").is_file():
+        pytest.skip("Tiny World assets are not present")
+    tmp = tmp_path_factory.mktemp("studio")
+    outputs, log = tmp / "outputs", tmp / "launch.log"
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--port", str(port),
+                                 "--outputs", str(outputs)], cwd=tmp, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_for_http(url, proc, log, START_TIMEOUT)
+        yield url, outputs
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        pytest.skip(f"Chromium not found at {CHROMIUM}")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def open_studio(browser, url):
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url, timeout=60_000)
+    page.wait_for_selector("#prompt textarea", state="visible")
+    page.wait_for_selector("#generate", state="visible")
+    return context, page
+
+
+def set_number(page, elem_id: str, value) -> None:
+    """Type into a Slider/Number component's number box and commit it."""
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+def status_text(page) -> str:
+    return page.inner_text("#status")
+
+
+def preview_src(page) -> str | None:
+    srcs = page.eval_on_selector_all("#preview img", "els => els.map(e => e.getAttribute('src'))")
+    return srcs[-1] if srcs else None
+
+
+def wait_until(predicate, timeout: float, what: str, poll: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def fetch_image(page, src: str):
+    from PIL import Image
+
+    response = page.request.get(src)
+    assert response.ok, f"GET {src} -> {response.status}"
+    return Image.open(io.BytesIO(response.body())).convert("RGB")
+
+
+def test_generate_in_the_browser(studio, browser):
+    import numpy as np
+
+    from studio.outputs import read_image_settings
+
+    url, outputs = studio
+    context, page = open_studio(browser, url)
+    try:
+        # 1. fill the form and generate
+        page.fill("#prompt textarea", PROMPT)
+        set_number(page, "steps", STEPS)
+        set_number(page, "seed", SEED)
+        assert page.locator("#steps input[type=number]").first.input_value() == str(STEPS)
+        assert page.is_disabled("#stop")
+        initial = preview_src(page)
+        page.click("#generate")
+
+        # 2. the preview changes while the run goes on; the page shows step k/N
+        seen: list[str] = []
+        steps_seen: set[str] = set()
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while time.monotonic() < deadline:
+            src = preview_src(page)
+            if src and src != initial and src not in seen:
+                seen.append(src)
+            progress = page.inner_text("#progress")
+            if "step " in progress:
+                steps_seen.add(progress.split("step ")[1].split()[0])
+            if "Done" in status_text(page):
+                break
+            time.sleep(0.05)
+        status = status_text(page)
+        assert "Done: 1 image(s)" in status, f"run did not finish: {status!r}"
+        assert f"seed {SEED}" in status
+        assert len(seen) >= 3, f"expected at least two preview frames before the result, saw {len(seen)}"
+        assert len(steps_seen) >= 2 and f"{STEPS}/{STEPS}" in steps_seen
+        assert page.is_enabled("#generate") and page.is_disabled("#stop")
+
+        # 3. the final image is a real picture, not a single colour
+        final = fetch_image(page, preview_src(page))
+        pixels = np.asarray(final).astype(np.int16)
+        assert final.size == (64, 64)
+        assert pixels.std() > 5 and (pixels.max(axis=(0, 1)) - pixels.min(axis=(0, 1))).max() > 40
+
+        # 4. this session's gallery shows it; the PNG on disk carries its settings
+        wait_until(lambda: page.locator("#gallery img").count() == 1, 30, "one image in the gallery")
+        pngs = sorted(outputs.glob("*/*.png"))
+        assert len(pngs) == 1, pngs
+        settings = read_image_settings(pngs[0])
+        assert settings.prompt == PROMPT and settings.seed == SEED and settings.steps == STEPS
+        assert pngs[0].name.endswith(f"-{SEED}.png")
+        on_disk = np.asarray(read_png(pngs[0])).astype(np.int16)
+        assert np.abs(on_disk - pixels).max() <= 2  # the page shows the saved image
+
+        # 5. screenshot for the docs
+        docs = ROOT / "docs"
+        docs.mkdir(exist_ok=True)
+        page.mouse.move(0, 0)
+        page.screenshot(path=str(docs / "screenshot.png"))
+        assert (docs / "screenshot.png").stat().st_size > 10_000
+
+        # 6. a second browser context is another session: its gallery is empty
+        other_context, other = open_studio(browser, url)
+        try:
+            time.sleep(1.0)
+            assert other.locator("#gallery img").count() == 0
+            assert other.input_value("#prompt textarea") == ""
+            other.click("#seed_reuse")  # nothing to reuse in this session
+            wait_until(lambda: "No finished run" in other.inner_text("body"), 30, "the 'no finished run' warning")
+            assert other.locator("#seed input").first.input_value() == "-1"
+
+            # 7. Stop ends a long run within a step and the UI is idle again
+            other.fill("#prompt textarea", "a blue square")
+            set_number(other, "steps", 150)
+            other.click("#generate")
+            wait_until(lambda: "step " in other.inner_text("#progress") and other.is_enabled("#stop"), 120,
+                       "the long run to start")
+            other.click("#stop")
+            wait_until(lambda: "Stopped at step" in status_text(other), 60, "the run to stop")
+            stopped = status_text(other)
+            assert other.is_enabled("#generate") and other.is_disabled("#stop")
+            assert "/150" in stopped
+            assert other.locator("#gallery img").count() == 0
+        finally:
+            other_context.close()
+
+        # the first session still has its image; nothing else was saved
+        assert page.locator("#gallery img").count() == 1
+        assert len(sorted(outputs.glob("*/*.png"))) == 1
+    finally:
+        context.close()
+
+
+def read_png(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
