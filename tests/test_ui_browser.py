@@ -207,6 +207,15 @@ def test_generate_in_the_browser(studio, browser):
             wait_until(lambda: "No finished run" in other.inner_text("body"), 30, "the 'no finished run' warning")
             assert other.locator("#seed input").first.input_value() == "-1"
 
+            # a file that is not an image: a clear warning, the form untouched
+            junk = outputs.parent / "notes.txt"
+            junk.write_text("not an image")
+            other.set_input_files("#settings_file input[type=file]", str(junk))
+            wait_until(lambda: "Cannot load settings from notes.txt" in status_text(other), 60, "the upload warning")
+            assert "not an image file" in other.locator(".toast-body").first.inner_text()
+            assert "Traceback" not in other.inner_text("body")
+            assert other.input_value("#prompt textarea") == ""
+
             # 7. Stop ends a long run within a step and the UI is idle again
             other.fill("#prompt textarea", "a blue square")
             set_number(other, "steps", 150)
@@ -225,6 +234,21 @@ def test_generate_in_the_browser(studio, browser):
         # the first session still has its image; nothing else was saved
         assert page.locator("#gallery img").count() == 1
         assert len(sorted(outputs.glob("*/*.png"))) == 1
+
+        # 8. the history lists the run; reopening restores its settings in the Generate tab
+        page.fill("#prompt textarea", "something else")
+        set_number(page, "seed", 7)
+        page.get_by_role("tab", name="History").click()
+        wait_until(lambda: page.locator("#history_gallery button.thumbnail-item").count() == 1, 60,
+                   "the run in the history")
+        page.locator("#history_gallery button.thumbnail-item").first.click()
+        wait_until(lambda: PROMPT in page.inner_text("#history_details"), 30, "the run's details")
+        page.click("#history_reopen")
+        wait_until(lambda: "Reopened run #1" in status_text(page), 30, "the run to reopen")
+        assert page.is_visible("#prompt textarea") and not page.is_visible("#history_gallery")  # back on Generate
+        assert page.input_value("#prompt textarea") == PROMPT
+        assert page.locator("#seed input").first.input_value() == str(SEED)
+        assert page.locator("#steps input[type=number]").first.input_value() == str(STEPS)
     finally:
         context.close()
 

@@ -473,8 +473,9 @@ def build_generate_tab(handlers: GenerateHandlers, state: gr.State) -> GenerateT
                     batch = gr.Slider(1, lim.max_batch, value=d["batch_size"], step=1, label="Batch size",
                                       elem_id="batch_size")
                 with gr.Row(equal_height=True):
-                    seed = gr.Number(value=d["seed"], label="Seed (-1 = random)", precision=0,
-                                     minimum=RANDOM_SEED, maximum=lim.max_seed, elem_id="seed", scale=3)
+                    # no min/max here: the handler's message says what is allowed (-1 = random)
+                    seed = gr.Number(value=d["seed"], label="Seed (-1 = random)", precision=0, elem_id="seed",
+                                     scale=3)
                     random_seed = gr.Button("Random", elem_id="seed_random", scale=1, size="sm")
                     reuse_seed = gr.Button("Reuse last", elem_id="seed_reuse", scale=1, size="sm")
             if handlers.presets:
