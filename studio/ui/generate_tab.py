@@ -290,7 +290,7 @@ class GenerateHandlers:
             frame, dirty, last_sent, announced = None, False, 0.0, False
             while final is None:
                 try:
-                    items = [events.get(timeout=self.frame_interval / 2)]
+                    items = [events.get(timeout=max(0.02, self.frame_interval / 2))]  # never spin
                 except queue.Empty:
                     items = []
                 while True:
