@@ -190,6 +190,14 @@ def test_closing_the_page_mid_run_cancels_the_worker(handlers, store):
     assert token.cancelled and not session.running
 
 
+def test_closing_the_page_before_the_run_starts_leaves_the_session_idle(handlers):
+    session = SessionState()
+    gen = handlers.generate(session, *form(handlers, steps=5))
+    next(gen)
+    gen.close()
+    assert not session.running
+
+
 def test_second_click_while_running_is_refused(handlers, notes):
     session = SessionState()
     gen = handlers.generate(session, *form(handlers, steps=40))
@@ -245,6 +253,9 @@ def test_session_state_never_copies_a_cancel_token():
 
     s = SessionState(cancel=CancelToken())
     assert copy.deepcopy(s).cancel is None
+    token = s.cancel
+    s.close()  # gradio's delete_callback when the session's state is dropped
+    assert token.cancelled
 
 
 # ----------------------------------------------------------------------------- seed, examples, settings

@@ -62,7 +62,7 @@ def build_app(model, outputs_dir, *, examples_path=None, controller=None, store=
     history_handlers = HistoryHandlers(store, generate_handlers)
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        state = gr.State(SessionState())
+        state = gr.State(SessionState(), delete_callback=SessionState.close)
         name = getattr(model, "name", "model")
         size = getattr(model, "default_size", "?")
         gr.Markdown(f"# {TITLE}\n<small>model **{name}** · {size}×{size} · device {getattr(model, 'device', '?')}"

@@ -181,7 +181,6 @@ class GenerateHandlers:
     def __init__(self, controller, model, *, presets: Sequence[Preset] = (), presets_error: str | None = None,
                  notify: Notify = gradio_warning, frame_interval: float = 0.1):
         self.controller = controller
-        self.model_name = getattr(model, "name", "model")
         self.limits = FormLimits.for_model(model, controller.defaults())
         self.presets = list(presets)
         self.presets_error = presets_error
@@ -278,15 +277,14 @@ class GenerateHandlers:
         step = 0
         starting = "\n".join([f"Generating {request.batch_size} image(s), seed {request.seed}…"]
                              + [f"Warning: {w}" for w in early_warnings])
-        yield self._generate_out(
-            progress=progress_html(0, total, "starting"), state=session,
-            status=status_html(starting, "warning" if early_warnings else "info"),
-            generate=gr.update(interactive=False), stop=gr.update(interactive=True))
-        worker.start()
-
         # 3. stream: keep only the newest frame, at most one update per frame_interval
         final = None
         try:
+            yield self._generate_out(
+                progress=progress_html(0, total, "starting"), state=session,
+                status=status_html(starting, "warning" if early_warnings else "info"),
+                generate=gr.update(interactive=False), stop=gr.update(interactive=True))
+            worker.start()
             frame, dirty, last_sent, announced = None, False, 0.0, False
             while final is None:
                 try:

@@ -33,6 +33,11 @@ class SessionState:
         self.gallery[:0] = items
         del self.gallery[MAX_GALLERY:]
 
+    def close(self) -> None:
+        """The session ended (its state is being dropped): stop its run, if any."""
+        if self.cancel is not None:
+            self.cancel.cancel()
+
     def __deepcopy__(self, memo):
         # gr.State deep-copies its initial value per session; a token never travels
         return SessionState(gallery=list(self.gallery), last_seed=self.last_seed,
