@@ -144,6 +144,7 @@ def test_generate_in_the_browser(studio, browser):
     url, outputs = studio
     context, page = open_studio(browser, url)
     try:
+        assert page.title() == "Controllable Diffusion Studio"
         # 1. fill the form and generate
         page.fill("#prompt textarea", PROMPT)
         set_number(page, "steps", STEPS)
