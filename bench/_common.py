@@ -36,12 +36,16 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=None, help="image side (default: the model's)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice); 1 is steadier on a busy machine")
 
 
 def choose_model(args):
     """Load the benchmark model; returns (LoadedModel, spec actually used)."""
     from studio.models import from_pipeline, load_model, repo_root, resolve_device, resolve_dtype
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     spec = args.model
     if spec is None:
         spec = "tinyworld" if (repo_root() / "assets/tinyworld/model_index.json").is_file() else "random:sd1"
@@ -93,11 +97,17 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn, device: torch.device) -> float:
+    return timed2(fn, device)[0]
+
+
+def timed2(fn, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds). CPU time is far less affected by
+    other work sharing the machine; on a GPU, wall time is the figure to use."""
     sync(device)
-    t0 = time.perf_counter()
+    w0, c0 = time.perf_counter(), time.process_time()
     fn()
     sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - w0, time.process_time() - c0
 
 
 def summary(samples: list[float]) -> dict:
@@ -113,6 +123,8 @@ def summary(samples: list[float]) -> dict:
 def machine(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(device)}
+    if hasattr(os, "getloadavg"):
+        info["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)  # >cpu_count means other work shared the CPUs
     try:
         import diffusers
 

@@ -3,18 +3,22 @@
     python bench/engine_speed.py [--model SPEC] [--steps 20] [--repeats 7] [--device cuda]
 
 Runs are interleaved (the order alternates every repeat) after warm-up; p50 of
-wall time per full generation (encode + denoise + decode + PIL). Writes
+wall time and of process CPU time per full generation (encode + denoise + decode
++ PIL). A third figure isolates each side's own cost: the same runs with the
+UNet replaced by a stub returning zeros (loop, guidance, scheduler, encode,
+decode, PIL), which a busy machine disturbs least. Writes
 bench/results/engine_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-from _common import add_common_args, choose_model, machine, print_table, summary, timed, write_results
+from _common import add_common_args, choose_model, machine, print_table, summary, timed2, write_results
 
 
 def main(argv=None) -> dict:
@@ -49,34 +53,58 @@ def main(argv=None) -> dict:
     theirs = [np.asarray(im, dtype=np.int16) for im in run_pipeline()]
     max_diff = int(max(np.abs(a - b).max() for a, b in zip(ours, theirs)))
 
-    # 3. interleaved timing
+    # 3. interleaved timing, then the same with the UNet stubbed out
     runners = {"engine": run_engine, "pipeline": run_pipeline}
-    samples = {name: [] for name in runners}
-    for r in range(args.warmup + args.repeats):
-        order = list(runners) if r % 2 == 0 else list(reversed(runners))
-        for name in order:
-            seconds = timed(runners[name], model.device)
-            if r >= args.warmup:
-                samples[name].append(seconds)
+    wall, cpu = interleaved(runners, args.warmup, args.repeats, model.device)
+    with unet_stubbed(model.unet):
+        stub_wall, _ = interleaved(runners, 1, max(args.repeats, 15), model.device)
 
     # 4. report
-    stats = {name: summary(s) for name, s in samples.items()}
-    ratio = stats["engine"]["p50_s"] / stats["pipeline"]["p50_s"]
-    rows = [[name, s["p50_s"], s["p10_s"], s["p90_s"], s["p50_s"] / req.steps * 1000] for name, s in stats.items()]
+    stats = {name: {"wall": summary(wall[name]), "cpu": summary(cpu[name]), "unet_stubbed": summary(stub_wall[name])}
+             for name in runners}
+    ratios = {kind: stats["engine"][kind]["p50_s"] / stats["pipeline"][kind]["p50_s"]
+              for kind in ("wall", "cpu", "unet_stubbed")}
+    rows = [[name, s["wall"]["p50_s"], s["wall"]["p10_s"], s["wall"]["p90_s"], s["cpu"]["p50_s"],
+             s["unet_stubbed"]["p50_s"] * 1000] for name, s in stats.items()]
     print(f"model={spec} device={model.device} dtype={model.dtype} sampler={req.sampler} steps={req.steps} "
           f"cfg={req.cfg} batch={req.batch_size} size={req.width or model.default_size}")
-    print_table(["impl", "p50 s", "p10 s", "p90 s", "p50 ms/step"], rows)
-    print(f"engine/pipeline p50 ratio: {ratio:.3f}   max |uint8 diff| engine vs pipeline: {max_diff}")
+    print_table(["impl", "wall p50 s", "wall p10 s", "wall p90 s", "cpu p50 s", "no-UNet p50 ms"], rows)
+    print("engine/pipeline p50 ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items())
+          + f"   max |uint8 diff|: {max_diff}")
     payload = {
         "machine": machine(model.device),
         "settings": {"model": spec, "weights_hash": model.weights_hash, "dtype": str(model.dtype),
                      "sampler": req.sampler, "steps": req.steps, "cfg": req.cfg, "batch": req.batch_size,
                      "size": req.width or model.default_size, "repeats": args.repeats, "warmup": args.warmup},
-        "figures": {**stats, "engine_over_pipeline_p50": ratio, "max_uint8_diff": max_diff},
+        "figures": {**stats, "engine_over_pipeline_p50": ratios, "max_uint8_diff": max_diff},
     }
     path = write_results("engine_speed", payload, args.out)
     print(f"wrote {path}")
     return payload
+
+
+def interleaved(runners: dict, warmup: int, repeats: int, device) -> tuple[dict, dict]:
+    """Run each runner ``warmup + repeats`` times, alternating the order; return
+    ({name: wall seconds}, {name: cpu seconds}) for the timed repeats."""
+    wall = {name: [] for name in runners}
+    cpu = {name: [] for name in runners}
+    for r in range(warmup + repeats):
+        for name in (list(runners) if r % 2 == 0 else list(reversed(runners))):
+            w, c = timed2(runners[name], device)
+            if r >= warmup:
+                wall[name].append(w)
+                cpu[name].append(c)
+    return wall, cpu
+
+
+@contextmanager
+def unet_stubbed(unet):
+    """Replace the UNet's forward by zeros of the input's shape (removed in finally)."""
+    unet.forward = lambda sample, *args, **kwargs: (torch.zeros_like(sample),)
+    try:
+        yield
+    finally:
+        del unet.forward
 
 
 if __name__ == "__main__":
