@@ -15,6 +15,23 @@ from tests.helpers import tiny_pipeline  # noqa: E402
 from tests.helpers import tiny_sd_components as _tiny_sd_components  # noqa: E402
 
 
+@pytest.fixture
+def torch_single_thread():
+    """One torch intra-op thread for the test, restored afterwards.
+
+    Tiny models gain nothing from two threads, and when another process holds a
+    core the OpenMP threads stall at every barrier: the engine tests took 12 s
+    single-threaded vs 220 s with two threads on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd_components():
     """The factory ``tiny_sd_components(family="sd1"|"sd2v") -> dict`` of pipeline components."""

@@ -17,6 +17,8 @@ from studio.engine import (
 from studio.engine.engine import to_uint8
 from studio.models import as_pipeline
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 REQ = GenerationRequest(prompt="a red house by a lake", negative_prompt="blurry", steps=4, cfg=7.5, seed=3)
 
 

@@ -11,7 +11,8 @@ from studio.engine.preview import LatentPreviewer, PreviewStream
 from studio.models import as_pipeline, from_pipeline
 from tests.helpers import tiny_pipeline
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.usefixtures("torch_single_thread")]
 
 REQ = GenerationRequest(prompt="a red house by a lake", negative_prompt="blurry", steps=4, seed=3, batch_size=2)
 

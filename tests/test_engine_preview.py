@@ -13,6 +13,8 @@ from studio.engine import Engine, GenerationRequest, StepEvent
 from studio.engine.preview import LatentPreviewer, PreviewStream, PreviewThrottle
 
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 @pytest.fixture
 def rgb_model(tiny_model):
     matrix = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0, 0, 0]])

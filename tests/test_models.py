@@ -14,6 +14,8 @@ from studio.models import (
 )
 
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 @pytest.fixture(autouse=True)
 def _hash_cache_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "studio-cache"))
