@@ -18,11 +18,13 @@ from .cache import LatentCache
 from .conditioning import Conditioning, encode_prompts
 from .engine import Engine
 from .hooks import ClassicCFG, EmbeddingEdit, GuidanceCombiner, RunHooks, extra_role
+from .preview import LatentPreviewer, PreviewStream, PreviewThrottle
 from .request import Cancelled, CancelToken, GenerationRequest, GenerationResult, InvalidRequest, StepEvent
 from .samplers import SAMPLERS, make_scheduler
 
 __all__ = [
     "SAMPLERS", "CancelToken", "Cancelled", "ClassicCFG", "Conditioning", "EmbeddingEdit", "Engine",
-    "GenerationRequest", "GenerationResult", "GuidanceCombiner", "InvalidRequest", "LatentCache", "RunHooks",
+    "GenerationRequest", "GenerationResult", "GuidanceCombiner", "InvalidRequest", "LatentCache", "LatentPreviewer",
+    "PreviewStream", "PreviewThrottle", "RunHooks",
     "StepEvent", "encode_prompts", "extra_role", "make_scheduler",
 ]
