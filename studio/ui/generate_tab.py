@@ -304,7 +304,7 @@ class GenerateHandlers:
                     else:
                         final = item
                 now = time.monotonic()
-                if final is None and token.cancelled and not announced:
+                if token.cancelled and not announced:  # also when the stop landed in this same drain
                     announced = True
                     yield self._generate_out(status=status_html(f"Stopping at step {step}/{total}…", "warning"),
                                              stop=gr.update(interactive=False))
