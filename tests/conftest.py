@@ -78,3 +78,23 @@ def tiny_models(tiny_pipelines):
 def tiny_model(tiny_models):
     """The SD 1.x-shaped tiny model."""
     return tiny_models("sd1")
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread_module():
+    """Module-scoped :func:`torch_single_thread`, for module-scoped fixtures that run the model."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def default_model(torch_single_thread_module, tiny_models):
+    """Tiny World when its assets are here (64x64, fast; shared by the session), else the tiny random SD model."""
+    tinyworld = ROOT / "assets" / "tinyworld" / "model_index.json"
+    return tiny_models("tinyworld" if tinyworld.is_file() else "sd1")

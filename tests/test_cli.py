@@ -9,29 +9,18 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from PIL import Image
 
 from studio.cli import main
 from studio.models import repo_root
 from studio.outputs import History, read_image_settings
 
-TINYWORLD = repo_root() / "assets" / "tinyworld"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread keeps steps fast on a shared 2-core machine (see test_controller_generate)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model(one_torch_thread, tiny_models):
-    """Tiny World when its assets are here (64x64, fast; shared by the session), else the tiny random SD model."""
-    return tiny_models("tinyworld" if (TINYWORLD / "model_index.json").is_file() else "sd1")
+def model(default_model):
+    """Tiny World (else the tiny random SD model), run with one torch thread (conftest: default_model)."""
+    return default_model
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import studio.controllers.generate as generate_module
@@ -20,27 +19,14 @@ from studio.controllers import (
     RANDOM_SEED, GenerateController, PreviewConfig, model_defaults, resolve_seed, settings_from_image,
 )
 from studio.engine import Cancelled, CancelToken, GenerationRequest, InvalidRequest
-from studio.models import repo_root
 from studio.outputs import MetadataError, OutputStore, read_image_settings
 
-TINYWORLD = repo_root() / "assets" / "tinyworld"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine a second OpenMP thread
-    competing with other processes makes each step ~30x slower (measured
-    0.18 s vs 5.7 s per Tiny World step); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model(one_torch_thread, tiny_models):
-    """Tiny World when its assets are here (64x64, fast; shared by the session), else the tiny random SD model."""
-    return tiny_models("tinyworld" if (TINYWORLD / "model_index.json").is_file() else "sd1")
+def model(default_model):
+    """Tiny World (else the tiny random SD model), run with one torch thread (conftest: default_model)."""
+    return default_model
 
 
 @pytest.fixture

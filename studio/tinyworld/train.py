@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import dataset as ds
-from .model import LATENT_SIZE, TinyWorldShapes, build_text_encoder, build_unet, build_vae, noise_scheduler_config
+from .model import LATENT_SIZE, build_text_encoder, build_unet, build_vae, noise_scheduler_config
 from .tokenizer import load_tokenizer, write_tokenizer_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
