@@ -108,3 +108,18 @@ def test_training_smoke_runs_every_stage(tmp_path):
                  "--stages", "data,vae,latents,unet"]) == 0
     log = (tmp_path / "work" / "train.log").read_text()
     assert "vae: " in log and "exists, skipping" in log
+
+
+@needs_model
+def test_every_sampler_config_leaves_latents_unclipped():
+    """Schedulers built from the shipped config (DDIM, ...) must not clip x0 to [-1, 1] (latents are not pixels)."""
+    from diffusers import DDIMScheduler
+
+    from studio.engine import SAMPLERS, make_scheduler
+
+    config = json.loads((MODEL / "scheduler" / "scheduler_config.json").read_text())
+    assert DDIMScheduler.from_config(config).config.clip_sample is False
+    for sampler in SAMPLERS:
+        s = make_scheduler(config, sampler)
+        assert not getattr(s.config, "clip_sample", False), sampler
+        assert not getattr(s.config, "thresholding", False), sampler

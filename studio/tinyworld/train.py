@@ -333,6 +333,11 @@ def stage_export(work: Path, recipe: Recipe, out: Path) -> None:
 
         shutil.rmtree(tmp)
     pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    # like SD 1.x's config: schedulers made from it (DDIM, ...) must not clip x0 to [-1, 1]; latents are not pixels
+    sched_path = tmp / "scheduler" / "scheduler_config.json"
+    sched = json.loads(sched_path.read_text())
+    sched.update(clip_sample=False, set_alpha_to_one=False)
+    sched_path.write_text(json.dumps(sched, indent=2, sort_keys=True) + "\n")
     for name in ("vocab.json", "merges.txt"):  # keep the plain CLIP BPE files beside tokenizer.json
         (tmp / "tokenizer" / name).write_bytes((work / "tokenizer" / name).read_bytes())
     # weights are fp16 on disk; ask transformers to load the text encoder as fp32 like the diffusers parts
