@@ -53,10 +53,15 @@ def render(pipe, prompts: list[str], seeds: list[int], cfg: float, steps: int, b
     return images
 
 
-def eval_single(pipe, n: int, cfg: float, steps: int, batch: int) -> dict:
-    scenes = [generate_scene(10_000 + i, SceneSpec(n_objects=1)) for i in range(n)]
+def fully_specified(pipe, base_seed: int, n: int, n_objects: int, cfg: float, steps: int, batch: int):
+    """Scenes from fixed generator seeds, their fully specified captions, and what the model drew for them."""
+    scenes = [generate_scene(base_seed + i, SceneSpec(n_objects=n_objects)) for i in range(n)]
     prompts = [full_caption(s.background, s.objects) for s in scenes]
-    images = render(pipe, prompts, [10_000 + i for i in range(n)], cfg, steps, batch)
+    return scenes, prompts, render(pipe, prompts, [base_seed + i for i in range(n)], cfg, steps, batch)
+
+
+def eval_single(pipe, n: int, cfg: float, steps: int, batch: int) -> dict:
+    scenes, prompts, images = fully_specified(pipe, 10_000, n, 1, cfg, steps, batch)
     c = Counter()
     for scene, image in zip(scenes, images):
         truth, seen = scene.objects[0], analyze(image)
@@ -75,9 +80,7 @@ def eval_single(pipe, n: int, cfg: float, steps: int, batch: int) -> dict:
 
 
 def eval_pairs(pipe, n: int, cfg: float, steps: int, batch: int) -> dict:
-    scenes = [generate_scene(20_000 + i, SceneSpec(n_objects=2)) for i in range(n)]
-    prompts = [full_caption(s.background, s.objects) for s in scenes]
-    images = render(pipe, prompts, [20_000 + i for i in range(n)], cfg, steps, batch)
+    scenes, _, images = fully_specified(pipe, 20_000, n, 2, cfg, steps, batch)
     c = Counter()
     for scene, image in zip(scenes, images):
         seen = analyze(image)

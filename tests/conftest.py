@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,8 @@ from tests.helpers import tiny_pipeline  # noqa: E402
 from tests.helpers import tiny_sd_components as _tiny_sd_components  # noqa: E402
 
 
-@pytest.fixture
-def torch_single_thread():
-    """One torch intra-op thread for the test, restored afterwards.
-
-    Tiny models gain nothing from two threads, and when another process holds a
-    core the OpenMP threads stall at every barrier: the engine tests took 12 s
-    single-threaded vs 220 s with two threads on a busy 2-core machine."""
+@contextmanager
+def _one_torch_thread():
     import torch
 
     before = torch.get_num_threads()
@@ -30,6 +26,17 @@ def torch_single_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture
+def torch_single_thread():
+    """One torch intra-op thread for the test, restored afterwards.
+
+    Tiny models gain nothing from two threads, and when another process holds a
+    core the OpenMP threads stall at every barrier: the engine tests took 12 s
+    single-threaded vs 220 s with two threads on a busy 2-core machine."""
+    with _one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -83,14 +90,8 @@ def tiny_model(tiny_models):
 @pytest.fixture(scope="module")
 def torch_single_thread_module():
     """Module-scoped :func:`torch_single_thread`, for module-scoped fixtures that run the model."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_torch_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
