@@ -103,6 +103,7 @@ def test_training_smoke_runs_every_stage(tmp_path):
     p = StableDiffusionPipeline.from_pretrained(str(out))
     image = p("a red circle", num_inference_steps=2, output_type="pil").images[0]
     assert image.size == (64, 64)
+    assert p.scheduler.config.prediction_type == "v_prediction"  # the recipe's default parameterisation
     # resumable: a second run finds every stage done and skips it
     assert main(["--smoke", "--work-dir", str(tmp_path / "work"), "--out", str(out), "--workers", "1",
                  "--stages", "data,vae,latents,unet"]) == 0
@@ -123,3 +124,29 @@ def test_every_sampler_config_leaves_latents_unclipped():
         s = make_scheduler(config, sampler)
         assert not getattr(s.config, "clip_sample", False), sampler
         assert not getattr(s.config, "thresholding", False), sampler
+
+
+def test_loss_weights_keep_the_layout_deciding_steps():
+    """v recipe: x0 weight min(SNR, 5) + 1, i.e. about 1 at high noise (where the layout is decided), capped at
+    low noise; the epsilon recipe keeps plain min-SNR."""
+    from diffusers import DDPMScheduler
+
+    from studio.tinyworld.model import noise_scheduler_config
+    from studio.tinyworld.train import _loss_weights
+
+    abar = DDPMScheduler(**noise_scheduler_config()).alphas_cumprod
+    t = torch.tensor([999, 700, 300, 10])
+    snr = abar[t] / (1 - abar[t])
+    v = _loss_weights(t, abar, 5.0, "v_prediction")
+    x0_weight = v * (snr + 1)  # the plain v loss weighs the x0 error by SNR + 1
+    assert torch.allclose(x0_weight, torch.clamp(snr, max=5.0) + 1)
+    assert x0_weight[0] >= 1.0 and x0_weight[-1] <= 6.0 + 1e-4
+    eps = _loss_weights(t, abar, 5.0, "epsilon")
+    assert torch.allclose(eps, torch.clamp(snr, max=5.0) / snr)
+
+
+def test_recipe_refuses_an_unknown_prediction_type():
+    from studio.tinyworld.train import Recipe
+
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        Recipe(prediction_type="x0")

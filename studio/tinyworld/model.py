@@ -76,27 +76,36 @@ def build_unet(shapes: TinyWorldShapes = TinyWorldShapes()):
     )
 
 
-def noise_scheduler_config() -> dict:
+PREDICTION_TYPES = ("v_prediction", "epsilon")
+
+
+def noise_scheduler_config(prediction_type: str = "v_prediction") -> dict:
     """DDPM's linear betas: at 16x16 latents SD's scaled_linear leaves too much signal at t=T, so the model would
-    read the background from the starting noise instead of the prompt. This keeps terminal SNR ~4e-5."""
+    read the background from the starting noise instead of the prompt. This keeps terminal SNR ~4e-5.
+
+    v-prediction (Salimans & Ho 2022, as in SD 2.x): with these betas half of all timesteps have SNR < 0.1, where
+    the layout of the picture is decided. An epsilon loss weighs the x0 error there by SNR (~0.01), so an
+    epsilon model never learned where to put things (position at chance); the v loss weighs it by SNR + 1."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {prediction_type!r}")
     return dict(
         num_train_timesteps=1000,
         beta_start=0.0001,
         beta_end=0.02,
         beta_schedule="linear",
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
         steps_offset=1,
         clip_sample=False,
         timestep_spacing="leading",
     )
 
 
-def sampling_scheduler():
+def sampling_scheduler(prediction_type: str = "v_prediction"):
     """Default sampler shipped with the model: DPM-Solver++ (2M)."""
     from diffusers import DPMSolverMultistepScheduler
 
     return DPMSolverMultistepScheduler(
-        **{k: v for k, v in noise_scheduler_config().items() if k != "clip_sample"},
+        **{k: v for k, v in noise_scheduler_config(prediction_type).items() if k != "clip_sample"},
         algorithm_type="dpmsolver++",
         solver_order=2,
     )

@@ -5,7 +5,7 @@ Stages (each resumable from its checkpoint in --work-dir, each skipped when its 
   2. vae      train the AutoencoderKL (L1 + MSE + tiny KL)
   3. latents  encode the data set, fit the unit-variance scaling factor, the linear latent->RGB preview matrix
               and the latent mean / principal components
-  4. unet     train the CLIP text encoder and the UNet together (epsilon loss, min-SNR-5 weighting, EMA)
+  4. unet     train the CLIP text encoder and the UNet together (v-prediction loss, high SNR capped at 5, EMA)
   5. export   write a StableDiffusionPipeline folder (fp16 safetensors) plus our extra files to --out
 
 A stage ends at its step count or its time budget, whichever comes first; the learning-rate schedule follows
@@ -51,10 +51,14 @@ class Recipe:
     unet_seconds: float = 6_300
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
+    prediction_type: str = "v_prediction"
     warmup_steps: int = 300
     checkpoint_every: int = 250
     seed: int = 1234
     cfg_default: float = 5.0
+
+    def __post_init__(self):
+        noise_scheduler_config(self.prediction_type)  # raises a clear error for an unknown prediction type
 
 
 def _seed_everything(seed: int) -> None:
@@ -214,9 +218,16 @@ def stage_latents(work: Path, recipe: Recipe, device: torch.device) -> None:
 # --------------------------------------------------------------------------------------------------- stage 4
 
 
-def _min_snr_weights(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
+def _loss_weights(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float, prediction_type: str):
+    """Per-sample loss weights after Min-SNR (Hang et al. 2023), which caps the weight of easy low-noise steps.
+
+    v: effective x0-error weight min(SNR, gamma) + 1. Unlike plain min-SNR (x0 weight min(SNR, gamma)) this keeps
+    the "+1" of the v loss, so the high-noise steps, where the layout is decided, are not weighed down to nothing.
+    epsilon (the v0 recipe): plain min-SNR, min(SNR, gamma) / SNR."""
     abar = alphas_cumprod[timesteps]
     snr = abar / (1 - abar)
+    if prediction_type == "v_prediction":
+        return (torch.clamp(snr, max=gamma) + 1) / (snr + 1)
     return torch.clamp(snr, max=gamma) / snr
 
 
@@ -256,7 +267,7 @@ def stage_unet(work: Path, recipe: Recipe, device: torch.device, init_from: Path
         ema_unet.shadow, ema_text.shadow = state["ema_unet"], state["ema_text"]
         step, elapsed = state["step"], state["elapsed"]
         log.info("unet: resumed at step %d", step)
-    scheduler = DDPMScheduler(**noise_scheduler_config())
+    scheduler = DDPMScheduler(**noise_scheduler_config(recipe.prediction_type))
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     gen = torch.Generator(device=device).manual_seed(recipe.seed + 7 + step)
     n, variants = token_ids.shape[:2]
@@ -278,8 +289,9 @@ def stage_unet(work: Path, recipe: Recipe, device: torch.device, init_from: Path
         with _autocast(device):
             enc = text_encoder(tokens).last_hidden_state
             pred = unet(noisy, t, enc).sample.float()
-        per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
-        loss = (per_sample * _min_snr_weights(t, alphas_cumprod, recipe.min_snr_gamma)).mean()
+        target = scheduler.get_velocity(x0, noise, t) if recipe.prediction_type == "v_prediction" else noise
+        per_sample = ((pred - target) ** 2).mean(dim=(1, 2, 3))
+        loss = (per_sample * _loss_weights(t, alphas_cumprod, recipe.min_snr_gamma, recipe.prediction_type)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
@@ -313,6 +325,8 @@ def stage_export(work: Path, recipe: Recipe, out: Path) -> None:
 
     from .model import sampling_scheduler
 
+    trained_recipe = json.loads((work / "recipe.json").read_text()) if (work / "recipe.json").exists() else asdict(recipe)
+    prediction_type = trained_recipe.get("prediction_type", "epsilon")  # recipes before v-prediction were epsilon
     tokenizer = load_tokenizer(work / "tokenizer")
     lat = torch.load(work / "latents.pt", map_location="cpu")
     vae = build_vae()
@@ -325,7 +339,7 @@ def stage_export(work: Path, recipe: Recipe, out: Path) -> None:
     unet.load_state_dict(final["ema_unet"])
     text_encoder.load_state_dict(final["ema_text"])
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=sampling_scheduler(), safety_checker=None, feature_extractor=None,
+                                   scheduler=sampling_scheduler(prediction_type), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -354,7 +368,6 @@ def stage_export(work: Path, recipe: Recipe, out: Path) -> None:
                "variances": lat["variances"].contiguous()}, str(tmp / "latent_stats.safetensors"))
     (tmp / "studio_defaults.json").write_text(json.dumps({
         "sampler": "DPM++ 2M", "steps": 20, "cfg": recipe.cfg_default, "width": 64, "height": 64}, indent=2))
-    trained_recipe = json.loads((work / "recipe.json").read_text()) if (work / "recipe.json").exists() else asdict(recipe)
     (tmp / "training.json").write_text(json.dumps({
         "recipe": trained_recipe, "vae_steps_done": torch.load(work / "vae_final.pt", map_location="cpu")["step"],
         "unet_steps_done": final["step"], "unet_seconds": final["elapsed"]}, indent=2))
