@@ -112,6 +112,20 @@ def test_training_smoke_runs_every_stage(tmp_path):
 
 
 @needs_model
+def test_unet_stage_can_continue_from_the_shipped_folder(tmp_path):
+    """--init-from accepts an exported folder, so a later run can continue training the shipped weights."""
+    from studio.tinyworld.train import main
+
+    work = tmp_path / "work"
+    assert main(["--smoke", "--work-dir", str(work), "--workers", "1", "--stages", "data,vae,latents,unet",
+                 "--unet-steps", "1", "--init-from", str(MODEL)]) == 0
+    assert "initialised from" in (work / "train.log").read_text()
+    with pytest.raises(SystemExit, match="not an exported Tiny World folder"):
+        main(["--smoke", "--work-dir", str(tmp_path / "other"), "--workers", "1", "--stages", "data,vae,latents,unet",
+              "--init-from", str(tmp_path)])
+
+
+@needs_model
 def test_every_sampler_config_leaves_latents_unclipped():
     """Schedulers built from the shipped config (DDIM, ...) must not clip x0 to [-1, 1] (latents are not pixels)."""
     from diffusers import DDIMScheduler

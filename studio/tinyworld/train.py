@@ -231,6 +231,20 @@ def _loss_weights(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: 
     return torch.clamp(snr, max=gamma) / snr
 
 
+def _load_init_weights(path: Path, device: torch.device) -> dict:
+    """EMA weights to start the unet stage from: a unet_final(_fp16).pt checkpoint, or an exported model folder."""
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        files = {"ema_unet": path / "unet" / "diffusion_pytorch_model.safetensors",
+                 "ema_text": path / "text_encoder" / "model.safetensors"}
+        missing = [str(f) for f in files.values() if not f.exists()]
+        if missing:
+            raise SystemExit(f"--init-from {path}: not an exported Tiny World folder (missing {', '.join(missing)})")
+        return {key: load_file(str(f), device=str(device)) for key, f in files.items()} | {"step": "exported"}
+    return torch.load(path, map_location=device)
+
+
 def stage_unet(work: Path, recipe: Recipe, device: torch.device, init_from: Path | None = None) -> None:
     final = work / "unet_final.pt"
     if final.exists():
@@ -254,7 +268,7 @@ def stage_unet(work: Path, recipe: Recipe, device: torch.device, init_from: Path
     ema_unet, ema_text = Ema(unet, recipe.ema_decay), Ema(text_encoder, recipe.ema_decay)
     step, elapsed = 0, 0.0
     if init_from is not None and not ckpt_path.exists():
-        init = torch.load(init_from, map_location=device)
+        init = _load_init_weights(init_from, device)
         unet.load_state_dict({k: v.float() for k, v in init["ema_unet"].items()})
         text_encoder.load_state_dict({k: v.float() for k, v in init["ema_text"].items()})
         ema_unet, ema_text = Ema(unet, recipe.ema_decay), Ema(text_encoder, recipe.ema_decay)
@@ -394,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="processes drawing scenes")
     p.add_argument("--stages", default="data,vae,latents,unet,export")
     p.add_argument("--init-from", type=Path, default=None,
-                   help="start the unet stage from these EMA weights (a unet_final_fp16.pt) instead of random")
+                   help="start the unet stage from these EMA weights (a unet_final.pt, or an exported folder such as "
+                        "assets/tinyworld) instead of random")
     p.add_argument("--smoke", action="store_true", help="a few steps of every stage on a handful of scenes")
     for field, value in asdict(Recipe()).items():
         p.add_argument("--" + field.replace("_", "-"), type=type(value), default=None)
