@@ -241,7 +241,7 @@ def _load_init_weights(path: Path, device: torch.device) -> dict:
         missing = [str(f) for f in files.values() if not f.exists()]
         if missing:
             raise SystemExit(f"--init-from {path}: not an exported Tiny World folder (missing {', '.join(missing)})")
-        return {key: load_file(str(f), device=str(device)) for key, f in files.items()} | {"step": "exported"}
+        return {key: load_file(str(f), device=str(device)) for key, f in files.items()}
     return torch.load(path, map_location=device)
 
 
@@ -272,7 +272,7 @@ def stage_unet(work: Path, recipe: Recipe, device: torch.device, init_from: Path
         unet.load_state_dict({k: v.float() for k, v in init["ema_unet"].items()})
         text_encoder.load_state_dict({k: v.float() for k, v in init["ema_text"].items()})
         ema_unet, ema_text = Ema(unet, recipe.ema_decay), Ema(text_encoder, recipe.ema_decay)
-        log.info("unet: initialised from %s (%s earlier steps)", init_from, init.get("step"))
+        log.info("unet: initialised from %s (trained steps: %s)", init_from, init.get("step", "see its training.json"))
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device)
         unet.load_state_dict(state["unet"])
@@ -303,7 +303,11 @@ def stage_unet(work: Path, recipe: Recipe, device: torch.device, init_from: Path
         with _autocast(device):
             enc = text_encoder(tokens).last_hidden_state
             pred = unet(noisy, t, enc).sample.float()
-        target = scheduler.get_velocity(x0, noise, t) if recipe.prediction_type == "v_prediction" else noise
+        if recipe.prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x0, abar already on device
+            abar = alphas_cumprod[t].view(-1, 1, 1, 1)
+            target = abar.sqrt() * noise - (1 - abar).sqrt() * x0
+        else:
+            target = noise
         per_sample = ((pred - target) ** 2).mean(dim=(1, 2, 3))
         loss = (per_sample * _loss_weights(t, alphas_cumprod, recipe.min_snr_gamma, recipe.prediction_type)).mean()
         opt.zero_grad(set_to_none=True)
