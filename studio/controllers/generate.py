@@ -58,7 +58,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from studio.engine import Cancelled, CancelToken, Engine, GenerationRequest, InvalidRequest, StepEvent
+from studio.engine import Cancelled, CancelToken, Engine, GenerationRequest, InvalidRequest, LatentCache, RunHooks
+from studio.engine import StepEvent
 from studio.engine.preview import LatentPreviewer, PreviewStream, PreviewThrottle
 from studio.engine.samplers import make_scheduler
 from studio.engine.validate import MAX_SEED
@@ -360,8 +361,14 @@ class GenerateController:
 
     def run(self, request: GenerationRequest, *, cancel: CancelToken | None = None,
             on_preview: PreviewCallback | None = None, on_progress: ProgressCallback | None = None,
-            controls: Mapping | None = None, workbench: str = DEFAULT_WORKBENCH) -> GenerateOutcome:
+            controls: Mapping | None = None, workbench: str = DEFAULT_WORKBENCH, hooks: RunHooks | None = None,
+            cache: LatentCache | None = None, resume_from_step: int | None = None) -> GenerateOutcome:
         """Generate ``request`` and save every image; see the module docstring.
+
+        Other workbenches pass their technique as ``hooks`` (and ``controls``, the
+        settings saved with each image: one mapping for the batch, or a list with
+        one mapping per image); ``cache``/``resume_from_step`` are the
+        engine's (re-render only the steps after ``resume_from_step``).
 
         Raises :class:`InvalidRequest` (nothing run) and :class:`Cancelled`
         (nothing saved: a cancel that arrives before saving starts discards the
@@ -370,16 +377,20 @@ class GenerateController:
         # 1. concrete seed and size, then validate everything before any work
         request = self.prepare(request)
         controls = _check_controls(controls)
+        if isinstance(controls, list) and len(controls) != request.batch_size:
+            raise InvalidRequest(f"controls: got {len(controls)} per-image mappings for a batch of "
+                                 f"{request.batch_size}", "controls")
         if not isinstance(workbench, str) or not workbench.strip():
             raise InvalidRequest(f"workbench must be a non-empty string, got {workbench!r}", "workbench")
-        warnings = list(self.engine.validate(request))
+        warnings = list(self.engine.validate(request, hooks))
         self.last_seed = request.seed
 
         # 2. generate, observing steps
         observer = _Observer(self.model, on_progress, on_preview, self.preview)
         try:
             callback = observer if (on_progress is not None or on_preview is not None) else None
-            result = self.engine.generate(request, cancel=cancel, on_step=callback)
+            result = self.engine.generate(request, hooks=hooks, cancel=cancel, on_step=callback, cache=cache,
+                                          resume_from_step=resume_from_step)
         finally:
             observer.close()
         if cancel is not None and cancel.cancelled:
@@ -396,7 +407,7 @@ class GenerateController:
                 settings = GenerationSettings.from_request(
                     request, seed=seed, width=request.width, height=request.height,
                     model_name=display_name(self.model), batch_index=i, model_hash=self.model.weights_hash,
-                    workbench=workbench, controls=controls)
+                    workbench=workbench, controls=controls[i] if isinstance(controls, list) else controls)
                 provenance = Provenance.collect(
                     model_id=str(self.model.name), weights_hash=self.model.weights_hash,
                     scheduler=scheduler["class"], device=str(self.model.device), dtype=self.model.dtype,
@@ -420,9 +431,11 @@ class GenerateController:
         return {"class": type(scheduler).__name__, "config": _json_safe(config)}
 
 
-def _check_controls(controls: Mapping | None) -> Mapping:
+def _check_controls(controls: Mapping | list | None) -> Mapping | list:
     if controls is None:
         return {}
+    if isinstance(controls, (list, tuple)):
+        return [_check_controls(c) for c in controls]
     if not isinstance(controls, Mapping):
         raise InvalidRequest(f"controls must be a mapping, got {type(controls).__name__}", "controls")
     try:

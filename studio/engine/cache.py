@@ -25,7 +25,7 @@ from .conditioning import Conditioning
 from .request import GenerationRequest, InvalidRequest
 from .samplers import restore_scheduler, snapshot_scheduler
 
-TRAJECTORY_FIELDS = ("sampler", "steps", "seed", "width", "height", "batch_size")
+TRAJECTORY_FIELDS = ("sampler", "steps", "seed", "width", "height", "batch_size", "shared_seed")
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,9 @@ class Engine:
         needs_uncond = getattr(combiner, "needs_uncond", lambda cfg: True)(req.cfg)
         prompts = self._prompts(req, hooks, "uncond" if needs_uncond else None)
         width, height = req.width or self.model.default_size, req.height or self.model.default_size
-        seeds = [(req.seed + i) % SEED_MODULUS for i in range(req.batch_size)]
-        trajectory = (self.model.weights_hash, req.sampler, req.steps, req.seed, width, height, req.batch_size)
+        seeds = [req.seed if req.shared_seed else (req.seed + i) % SEED_MODULUS for i in range(req.batch_size)]
+        trajectory = (self.model.weights_hash, req.sampler, req.steps, req.seed, width, height, req.batch_size,
+                      req.shared_seed)
         if resume_from_step is not None:
             if cache is None:
                 raise InvalidRequest("resume_from_step needs the LatentCache of the run to resume", "resume_from_step")

@@ -42,7 +42,9 @@ class GenerationRequest:
     """What to generate. ``width``/``height`` ``None`` mean the model's default size.
 
     Image ``i`` of a batch uses seed ``(seed + i) % 2**32`` for all its noise, so it
-    is the same image that a batch of one with that seed gives."""
+    is the same image that a batch of one with that seed gives. With
+    ``shared_seed`` every image uses ``seed``: the same noise for the whole batch,
+    so hooks that differ per image (a slider sweep) are compared on one picture."""
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -53,6 +55,7 @@ class GenerationRequest:
     width: int | None = None
     height: int | None = None
     batch_size: int = 1
+    shared_seed: bool = False
 
 
 @dataclass

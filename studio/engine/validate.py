@@ -62,6 +62,8 @@ def validate_request(req: GenerationRequest, model) -> None:
         raise InvalidRequest(f"cfg must be a finite number in 0..{MAX_CFG:g}, got {cfg!r}", "cfg")
     _check_int("seed", req.seed, 0, MAX_SEED)
     _check_int("batch_size", req.batch_size, 1, MAX_BATCH)
+    if not isinstance(req.shared_seed, bool):
+        raise InvalidRequest(f"shared_seed must be true or false, got {req.shared_seed!r}", "shared_seed")
     rule = size_rule(model)
     for name in ("width", "height"):
         value = getattr(req, name)

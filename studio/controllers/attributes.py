@@ -1,0 +1,372 @@
+"""Attributes controller: subject-specific sliders that the image follows (UI-free).
+
+A slider adds ``value * delta`` to the prompt's text-encoder output at the tokens of one subject word
+(:mod:`studio.attributes.directions`, Baumann et al. 2024). Deltas come from
+
+* ``naive``: the optimization-free average over templates of a phrasing pair ("a huge circle" / "a tiny circle");
+* ``learned``: fitted with the model's denoising loss (:class:`~studio.attributes.learning.DirectionLearner`;
+  train it first with :meth:`AttributesController.learner`);
+* ``weight``: the baseline, no delta: the attribute words written into the prompt with A1111-style emphasis
+  ``|value| / range``.
+
+Deltas are cached in memory and on disk (:class:`~studio.attributes.store.DirectionStore`, keyed by the model's
+weights hash). A :class:`SliderSession` (one per browser session) keeps the encoded prompt and the trajectory of
+the last render, so a slider move only re-applies deltas, and with a delay only the steps after the delay are
+re-run. :meth:`AttributesController.sweep` renders N values as one batched run on the same noise.
+
+Example::
+
+    from studio.controllers.attributes import AttributesController, AttributeRequest, SliderSetting
+    from studio.engine import GenerationRequest
+    from studio.models import load_model
+
+    controller = AttributesController(load_model("tinyworld"), directions_root="outputs/directions")
+    base = GenerationRequest(prompt="a medium red circle and a medium blue square", seed=3, cfg=3.0)
+    outcome = controller.render(AttributeRequest(base, (SliderSetting("size", "circle", 1.5),)))
+    outcome.images[0].save("bigger-circle.png")
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from studio.attributes.definitions import AttributeDefinition, definitions_for, model_kind
+from studio.attributes.directions import (
+    ReplaceCondEmbeddings, SubjectDirections, SubjectShift, emphasis_embeddings, naive_direction, start_step_for,
+    subject_token_indices,
+)
+from studio.attributes.learning import DirectionLearner, LearnSettings
+from studio.attributes.store import DirectionStore
+from studio.engine import CancelToken, GenerationRequest, InvalidRequest, LatentCache, RunHooks
+
+from .generate import GenerateController, PreviewCallback, PreviewConfig, ProgressCallback, Saver
+
+METHODS = ("naive", "learned", "weight")
+WORKBENCH = "attributes"
+MAX_SLIDERS = 8
+MAX_SWEEP = 16
+
+
+# ----------------------------------------------------------------------------- requests and outcomes
+
+
+@dataclass(frozen=True)
+class SliderSetting:
+    """One slider: ``attribute`` (a shipped definition's name, or a user's :class:`AttributeDefinition`) aimed
+    at the ``subject`` word of the prompt, at ``value`` (in ``[-range, range]``), driven by ``method``."""
+
+    attribute: str | AttributeDefinition
+    subject: str
+    value: float
+    method: str = "naive"
+
+    def to_json(self) -> dict:
+        attr = self.attribute.to_json() if isinstance(self.attribute, AttributeDefinition) else self.attribute
+        return {"attribute": attr, "subject": self.subject, "value": float(self.value), "method": self.method}
+
+
+@dataclass(frozen=True)
+class AttributeRequest:
+    """A render: the base generation plus sliders; ``delay`` is the fraction of steps run without them."""
+
+    base: GenerationRequest
+    sliders: tuple[SliderSetting, ...] = ()
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """``slider`` rendered at each of ``values`` (its own ``value`` is ignored) on one noise, ``others`` held."""
+
+    base: GenerationRequest
+    slider: SliderSetting
+    values: tuple[float, ...]
+    others: tuple[SliderSetting, ...] = ()
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class AttributeOutcome:
+    images: tuple[Image.Image, ...]
+    request: AttributeRequest  # as run: concrete seed and size
+    saved: tuple = ()
+    timings: Mapping[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    resumed_from: int | None = None  # the step a delayed re-render started from (steps before were reused)
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    frames: tuple[Image.Image, ...]  # one per value, in order
+    values: tuple[float, ...]
+    request: SweepRequest
+    saved: tuple = ()
+    timings: Mapping[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def animation(self, fmt: str = "webp", *, min_side: int = 256, frame_ms: int = 120) -> bytes:
+        """The frames as a looping animation (there and back), upscaled (nearest) to at least ``min_side``."""
+        return animate(self.frames, fmt=fmt, min_side=min_side, frame_ms=frame_ms)
+
+
+class SliderSession:
+    """One user's render state: the encoded prompt and the last trajectory (for delayed re-renders).
+
+    Kept per browser session (``gr.State``), never shared."""
+
+    def __init__(self) -> None:
+        self.cache = LatentCache()
+        self.last_base: GenerationRequest | None = None
+        self.last_start: int = 0
+
+    def resume_step(self, base: GenerationRequest, start: int) -> int | None:
+        """Steps before ``start`` are those of the last render (same base, which was unedited at least that
+        long): resume there instead of recomputing them."""
+        if start > 0 and self.last_base == base and self.last_start >= start and self.cache.steps_recorded > start:
+            return start
+        return None
+
+
+def animate(frames: Sequence[Image.Image], *, fmt: str = "webp", min_side: int = 256, frame_ms: int = 120) -> bytes:
+    if fmt not in ("webp", "gif"):
+        raise InvalidRequest(f"animation format must be webp or gif, got {fmt!r}", "format")
+    if not frames:
+        raise InvalidRequest("an animation needs at least one frame", "values")
+    w, h = frames[0].size
+    k = max(1, math.ceil(min_side / max(1, min(w, h))))
+    big = [f.convert("RGB").resize((w * k, h * k), Image.NEAREST) for f in frames]
+    sequence = big + big[-2:0:-1]  # there and back
+    buf = io.BytesIO()
+    options = {"lossless": True} if fmt == "webp" else {"optimize": False}
+    sequence[0].save(buf, format=fmt.upper(), save_all=True, append_images=sequence[1:], duration=frame_ms,
+                     loop=0, **options)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- the controller
+
+
+class AttributesController:
+    """Sliders on ``model``; see the module docstring. ``store`` saves images (``None``: nothing saved unless a
+    call passes ``save=True`` and a store exists); ``directions_root`` holds computed deltas on disk."""
+
+    def __init__(self, model, store: Saver | None = None, *, directions_root: Path | str | None = None,
+                 definitions: Sequence[AttributeDefinition] | None = None, preview: PreviewConfig = PreviewConfig()):
+        self.model = model
+        self.generator = GenerateController(model, store, preview=preview)
+        self.directions = DirectionStore(directions_root) if directions_root is not None else None
+        self._definitions = list(definitions) if definitions is not None else definitions_for(model)
+        self._deltas: dict[tuple, torch.Tensor] = {}  # derived, immutable data: safe to share between sessions
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ definitions and directions
+
+    @property
+    def kind(self) -> str:
+        return model_kind(self.model)
+
+    def definitions(self) -> list[AttributeDefinition]:
+        return list(self._definitions)
+
+    def definition(self, attribute: str | AttributeDefinition) -> AttributeDefinition:
+        if isinstance(attribute, AttributeDefinition):
+            return attribute
+        for d in self._definitions:
+            if d.name == attribute:
+                return d
+        names = ", ".join(d.name for d in self._definitions) or "(none for this model)"
+        raise InvalidRequest(f"unknown attribute {attribute!r}; this model has: {names} "
+                             "(or define your own with positive/negative phrasings)", "attribute")
+
+    def defaults(self) -> GenerationRequest:
+        return self.generator.defaults()
+
+    def direction(self, attribute: str | AttributeDefinition, subject: str, method: str = "naive") -> torch.Tensor:
+        """The delta for ``attribute`` aimed at ``subject`` (computed once, then cached in memory and on disk).
+
+        ``learned`` deltas must have been trained (:meth:`learner`); asking for one that was not raises."""
+        definition = self.definition(attribute)
+        if method not in ("naive", "learned"):
+            raise InvalidRequest(f"method {method!r} has no direction; methods with one: naive, learned", "method")
+        key = (self.model.weights_hash, definition.key(), subject.lower(), method)
+        with self._lock:
+            if key in self._deltas:
+                return self._deltas[key]
+        delta = self.directions.load(self.model.weights_hash, definition, subject.lower(), method) \
+            if self.directions is not None else None
+        if delta is None:
+            if method == "learned":
+                raise InvalidRequest(f"no learned direction for {definition.name!r} on {subject!r} yet; train it "
+                                     "first (Learn button / `python -m studio attributes --learn`)", "method")
+            delta = naive_direction(self.model, subject.lower(), definition.positive, definition.negative,
+                                    definition.templates).cpu()
+            if self.directions is not None:
+                self.directions.save(self.model.weights_hash, definition, subject.lower(), method, delta)
+        with self._lock:
+            self._deltas[key] = delta
+        return delta
+
+    def has_learned(self, attribute: str | AttributeDefinition, subject: str) -> bool:
+        definition = self.definition(attribute)
+        key = (self.model.weights_hash, definition.key(), subject.lower(), "learned")
+        with self._lock:
+            if key in self._deltas:
+                return True
+        return self.directions is not None and self.directions.path(
+            self.model.weights_hash, definition, subject.lower(), "learned").is_file()
+
+    def learner(self, attribute: str | AttributeDefinition, subject: str,
+                settings: LearnSettings = LearnSettings(), *, cfg: float | None = None) -> DirectionLearner:
+        """A (not yet started) job that learns the delta; when done it is cached and saved. With a directions
+        store the job checkpoints there, so starting it again after a cancel resumes."""
+        definition = self.definition(attribute)
+        subject = _check_subject_word(subject)
+        checkpoint = None
+        if self.directions is not None:
+            final = self.directions.path(self.model.weights_hash, definition, subject, "learned")
+            checkpoint = str(final.with_name(final.stem + ".partial.pt"))
+
+        def done(delta: torch.Tensor) -> None:
+            if self.directions is not None:
+                self.directions.save(self.model.weights_hash, definition, subject, "learned", delta,
+                                     extra={"settings": asdict(settings)})
+            with self._lock:
+                self._deltas[(self.model.weights_hash, definition.key(), subject, "learned")] = delta
+
+        return DirectionLearner(self.model, definition, subject, settings, checkpoint=checkpoint,
+                                cfg=self.defaults().cfg if cfg is None else cfg, on_done=done)
+
+    # ------------------------------------------------------------------ rendering
+
+    def render(self, request: AttributeRequest, *, session: SliderSession | None = None, save: bool = False,
+               cancel: CancelToken | None = None, on_preview: PreviewCallback | None = None,
+               on_progress: ProgressCallback | None = None) -> AttributeOutcome:
+        """Render ``request`` (one image per base batch entry); see the module docstring."""
+        t0 = time.perf_counter()
+        # 1. validate and resolve the seed
+        base = self._prepare(request.base, request, "render")
+        request = replace(request, base=base)
+        # 2. hooks from the sliders (deltas computed or taken from the cache)
+        start = start_step_for(request.delay, base.steps)
+        hooks = self._hooks(base, [(s, (float(s.value),)) for s in request.sliders], start)
+        # 3. run (resuming after the delay when the session's last render shares those steps)
+        resume = session.resume_step(base, start) if session is not None else None
+        cache = session.cache if session is not None else None
+        outcome = self._runner(save).run(
+            base, hooks=hooks, cache=cache, resume_from_step=resume, cancel=cancel, on_preview=on_preview,
+            on_progress=on_progress, workbench=WORKBENCH, controls=self._controls(request.sliders, request.delay))
+        if session is not None:
+            session.last_base = base
+            session.last_start = start  # steps from here on now carry this render's edits
+        timings = {**outcome.timings, "total": time.perf_counter() - t0}
+        return AttributeOutcome(images=outcome.images, request=request, saved=outcome.saved, timings=timings,
+                                warnings=outcome.warnings, resumed_from=resume)
+
+    def sweep(self, request: SweepRequest, *, save: bool = False, cancel: CancelToken | None = None,
+              on_progress: ProgressCallback | None = None) -> SweepOutcome:
+        """All ``values`` in one batched run on the same noise (``shared_seed``)."""
+        t0 = time.perf_counter()
+        # 1. validate
+        values = tuple(float(v) for v in request.values)
+        if not 1 <= len(values) <= MAX_SWEEP:
+            raise InvalidRequest(f"a sweep takes 1..{MAX_SWEEP} values, got {len(values)}", "values")
+        base = replace(request.base, batch_size=len(values), shared_seed=True)
+        swept = replace(request.slider, value=values[-1])
+        base = self._prepare(base, AttributeRequest(base, (swept, *request.others), request.delay), "sweep")
+        for v in values:
+            self._check_value(replace(request.slider, value=v))
+        # 2. hooks: the swept slider gets one value per image, the others one for all
+        start = start_step_for(request.delay, base.steps)
+        pairs = [(request.slider, values)] + [(s, (float(s.value),)) for s in request.others]
+        hooks = self._hooks(base, pairs, start)
+        # 3. one batched run
+        controls = [self._controls((replace(request.slider, value=v), *request.others), request.delay,
+                                   sweep={"values": list(values), "index": i}) for i, v in enumerate(values)]
+        outcome = self._runner(save).run(base, hooks=hooks, cancel=cancel, on_progress=on_progress,
+                                         workbench=WORKBENCH, controls=controls)
+        timings = {**outcome.timings, "total": time.perf_counter() - t0}
+        return SweepOutcome(frames=outcome.images, values=values, request=replace(request, base=base),
+                            saved=outcome.saved, timings=timings, warnings=outcome.warnings)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _runner(self, save: bool) -> GenerateController:
+        return self.generator if save else self.generator.with_store(None)
+
+    def _prepare(self, base: GenerationRequest, request: AttributeRequest, what: str) -> GenerationRequest:
+        if not isinstance(base, GenerationRequest):
+            raise InvalidRequest(f"{what}: base must be a GenerationRequest, got {type(base).__name__}", "base")
+        delay = request.delay
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < 1:
+            raise InvalidRequest(f"delay must be a fraction of the steps in [0, 1), got {delay!r}", "delay")
+        if len(request.sliders) > MAX_SLIDERS:
+            raise InvalidRequest(f"at most {MAX_SLIDERS} sliders at once, got {len(request.sliders)}", "sliders")
+        weighted = [s for s in request.sliders if s.method == "weight"]
+        if weighted and len(request.sliders) > 1:
+            raise InvalidRequest("the prompt-weight baseline rewrites the prompt, so it runs alone: use one "
+                                 "slider with method 'weight', or naive/learned sliders stacked", "method")
+        base = self.generator.prepare(base)
+        self.generator.engine.validate(base)
+        for s in request.sliders:
+            self._check_value(s)
+            subject_token_indices(self.model.tokenizer, base.prompt, s.subject)
+        return base
+
+    def _check_value(self, s: SliderSetting) -> None:
+        if not isinstance(s, SliderSetting):
+            raise InvalidRequest(f"sliders must be SliderSetting, got {type(s).__name__}", "sliders")
+        if s.method not in METHODS:
+            raise InvalidRequest(f"unknown method {s.method!r}; allowed: {', '.join(METHODS)}", "method")
+        definition = self.definition(s.attribute)
+        v = s.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or abs(v) > definition.range + 1e-9:
+            raise InvalidRequest(f"{definition.name}: value must be a number in [-{definition.range:g}, "
+                                 f"{definition.range:g}], got {v!r}", "value")
+
+    def _hooks(self, base: GenerationRequest, pairs, start: int) -> RunHooks:
+        """``pairs`` = [(slider, values)]: values has one entry (all images) or one per image."""
+        shifts, edits = [], []
+        for slider, values in pairs:
+            definition = self.definition(slider.attribute)
+            subject = _check_subject_word(slider.subject)
+            if slider.method == "weight":
+                per_image = torch.cat([emphasis_embeddings(self.model, base.prompt, subject, definition.positive,
+                                                           definition.negative, v, definition.range) for v in values])
+                edits.append(ReplaceCondEmbeddings(per_image, start))
+                continue
+            if all(v == 0 for v in values):
+                continue
+            delta = self.direction(definition, subject, slider.method)
+            indices = subject_token_indices(self.model.tokenizer, base.prompt, subject)
+            shifts.append(SubjectShift(indices, delta, tuple(values)))
+        if shifts:
+            edits.append(SubjectDirections(shifts, start))
+        return RunHooks(embedding_edits=edits)
+
+    def _controls(self, sliders, delay: float, sweep: dict | None = None) -> dict:
+        data = {"attributes": {"sliders": [s.to_json() for s in sliders], "delay": float(delay)}}
+        if sweep is not None:
+            data["attributes"]["sweep"] = sweep
+        return data
+
+
+def _check_subject_word(subject: str) -> str:
+    if not isinstance(subject, str) or not subject.strip():
+        raise InvalidRequest("subject must be a word of the prompt, got an empty subject", "subject")
+    return subject.strip().lower()
+
+
+__all__ = [
+    "METHODS", "AttributeOutcome", "AttributeRequest", "AttributesController", "SliderSession", "SliderSetting",
+    "SweepOutcome", "SweepRequest", "animate",
+]
