@@ -397,10 +397,17 @@ def _quiet_libraries(enabled: bool) -> Iterator[None]:
 COMMANDS: dict[str, Callable] = {"generate": add_generate_parser}
 
 
+def _register_workbench_commands() -> None:
+    from studio.cli_attributes import add_attributes_parser  # imports this module: register after it is built
+
+    COMMANDS["attributes"] = add_attributes_parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Controllable-diffusion studio from the command line. "
                                             "Run '%(prog)s COMMAND --help' for a command's options.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _register_workbench_commands()
     for add in COMMANDS.values():
         add(sub)
     return parser

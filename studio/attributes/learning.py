@@ -65,6 +65,7 @@ class LearnProgress:
     loss: float | None = None
     state: str = "idle"  # idle | sampling | training | done | cancelled | failed
     message: str = ""
+    resumed_from: int | None = None
 
 
 class DirectionLearner:
@@ -75,7 +76,8 @@ class DirectionLearner:
     is kept for resume (``None``: no resume)."""
 
     def __init__(self, model, definition, subject: str, settings: LearnSettings = LearnSettings(), *,
-                 checkpoint=None, cfg: float = 3.0, on_done: Callable[[torch.Tensor], None] | None = None):
+                 checkpoint=None, cfg: float = 3.0, on_done: Callable[[torch.Tensor], None] | None = None,
+                 on_step: Callable[[LearnProgress], None] | None = None):
         self.model = model
         self.definition = definition
         self.subject = subject
@@ -83,6 +85,7 @@ class DirectionLearner:
         self.checkpoint = checkpoint
         self.cfg = cfg
         self.on_done = on_done
+        self.on_step = on_step
         self.progress = LearnProgress(total=settings.steps)
         self.cancel_token = CancelToken()
         self.result: torch.Tensor | None = None
@@ -170,6 +173,8 @@ class DirectionLearner:
                 opt.step()
             step += 1
             self.progress.step, self.progress.loss = step, loss.item()
+            if self.on_step is not None:
+                self.on_step(self.progress)
             if step % s.checkpoint_every == 0 and step < s.steps:
                 self._save_checkpoint(delta, opt, step)
         self.result = delta.detach().float().cpu()
@@ -180,7 +185,9 @@ class DirectionLearner:
                 os.remove(self.checkpoint)
             except FileNotFoundError:
                 pass
-        self.progress.state, self.progress.message = "done", f"learned in {step} steps, loss {self.progress.loss:.4g}"
+        resumed = f" (resumed at step {self.progress.resumed_from})" if self.progress.resumed_from else ""
+        self.progress.state = "done"
+        self.progress.message = f"learned in {step} steps{resumed}, loss {self.progress.loss:.4g}"
         return self.result
 
     def _latent_pool(self, neutral_prompt: str) -> list[tuple[torch.Tensor, int]] | None:
@@ -211,6 +218,7 @@ class DirectionLearner:
                 delta.copy_(state["delta"].to(delta.device))
             opt.load_state_dict(state["opt"])
             self.progress.message = f"resumed at step {state['step']}"
+            self.progress.resumed_from = int(state["step"])
             return int(state["step"])
         except Exception:  # noqa: BLE001 - an unreadable checkpoint means starting over, not failing
             return 0

@@ -168,6 +168,17 @@ class AttributesController:
         self._deltas: dict[tuple, torch.Tensor] = {}  # derived, immutable data: safe to share between sessions
         self._lock = threading.Lock()
 
+    def with_store(self, store: Saver | None) -> AttributesController:
+        """The same controller (model, definitions, direction caches) saving through ``store``."""
+        other = AttributesController.__new__(AttributesController)
+        other.__dict__.update(self.__dict__)
+        other.generator = self.generator.with_store(store)
+        return other
+
+    def validate(self, request: AttributeRequest) -> GenerationRequest:
+        """Raise :class:`InvalidRequest` if ``request`` can't run; returns its base with a concrete seed."""
+        return self._prepare(request.base, request, "render")
+
     # ------------------------------------------------------------------ definitions and directions
 
     @property

@@ -1,0 +1,242 @@
+"""Attribute sliders on Tiny World, measured with the analyzer, for each way of driving a slider.
+
+Sweeps (every one a batched run of all values on one seed's noise, through AttributesController.sweep):
+  size    single-object prompts ("a medium red circle on a black background"), size slider on the shape word:
+          Spearman rho(value, measured radius); colour and shape kept (share of frames); smooth (share of sweeps
+          in which no step between adjacent values moves the radius by more than 35% of the sweep's range)
+  pair    "a medium red circle and a medium blue square ...": the circle's size slider; median relative change
+          of the square's radius (should stay < 10%) and of the circle's (should be far larger)
+  hue     "a medium orange circle ...": hue red-yellow slider; Spearman rho(value, measured hue)
+  hue2    "a medium blue circle ...": hue blue-purple slider; Spearman rho(value, measured hue)
+Speed (same process, same settings): p50 of a slider re-render (prompt encoding cached, new value each time) vs
+a plain generation; an 8-value batched sweep vs 8 sequential renders.
+
+    python bench/sliders.py [--seeds 16] [--values 9] [--methods naive,learned,weight] [--learn-steps 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from bench._common import machine, print_table, summary, write_results  # noqa: E402
+from studio.attributes.learning import LearnSettings  # noqa: E402
+from studio.controllers.attributes import (  # noqa: E402
+    AttributeRequest, AttributesController, SliderSession, SliderSetting, SweepRequest,
+)
+from studio.engine import GenerationRequest  # noqa: E402
+from studio.models import load_model  # noqa: E402
+from studio.tinyworld.analyzer import analyze  # noqa: E402
+
+COLOURS = ["red", "orange", "yellow", "green", "blue", "purple"]
+BACKGROUNDS = ["black", "white", "gray"]
+SHAPES = ["circle", "square", "triangle"]
+
+
+def rho(x, y) -> float:
+    if len(set(y)) < 2:
+        return 0.0
+    r = spearmanr(x, y).statistic
+    return 0.0 if np.isnan(r) else float(r)
+
+
+def main_object(analysis, shape: str | None = None, colour: str | None = None):
+    """The largest object, or the largest one matching shape/colour when asked."""
+    objs = [o for o in analysis.objects if (shape is None or o.shape == shape) and (colour is None or o.colour == colour)]
+    return objs[0] if objs else None
+
+
+def unwrap_hue(h: float) -> float:
+    return h - 360.0 if h > 300 else h  # red sits at both ends of the hue circle
+
+
+def size_cases(n):
+    cases = []
+    for i in range(n):
+        shape, colour, bg = SHAPES[i % 3], COLOURS[(i // 3) % 6], BACKGROUNDS[(i // 2) % 3]
+        cases.append((f"a medium {colour} {shape} on a {bg} background", shape, colour, 100 + i))
+    return cases
+
+
+def pair_cases(n):
+    pairs = [("red", "blue"), ("blue", "yellow"), ("green", "purple"), ("orange", "green"), ("purple", "red"),
+             ("yellow", "blue")]
+    cases = []
+    for i in range(n):
+        a, b = pairs[i % len(pairs)]
+        bg = BACKGROUNDS[i % 3]
+        cases.append((f"a medium {a} circle and a medium {b} square on a {bg} background", a, b, 200 + i))
+    return cases
+
+
+def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log):
+    rows = {}
+    base = dict(cfg=cfg, steps=steps)
+
+    def learned_ready(attribute, subject):
+        if method != "learned" or controller.has_learned(attribute, subject):
+            return
+        t0 = time.time()
+        controller.learner(attribute, subject, LearnSettings(steps=learn_steps)).run()
+        log(f"  learned {attribute!r} on {subject!r} in {time.time() - t0:.0f}s")
+
+    # size, single object
+    rhos, kept, smooth = [], [], []
+    for prompt, shape, colour, seed in size_cases(n):
+        learned_ready("size", shape)
+        out = controller.sweep(SweepRequest(GenerationRequest(prompt=prompt, seed=seed, **base),
+                                            SliderSetting("size", shape, 0.0, method), tuple(values)))
+        radii = []
+        for frame in out.frames:
+            obj = main_object(analyze(frame))
+            radii.append(obj.radius if obj else 0.0)
+            kept.append(obj is not None and obj.shape == shape and obj.colour == colour)
+        rhos.append(rho(values, radii))
+        span = max(radii) - min(radii)
+        steps_ = [abs(b - a) for a, b in zip(radii, radii[1:])]
+        smooth.append(span > 0.5 and max(steps_) <= 0.35 * span)
+    rows["size_rho"] = statistics.mean(rhos)
+    rows["size_kept"] = statistics.mean(kept)
+    rows["size_smooth"] = statistics.mean(smooth)
+    log(f"  size: rho {rows['size_rho']:.3f} kept {rows['size_kept']:.3f} smooth {rows['size_smooth']:.3f}")
+
+    # specificity, two objects
+    zero = values.index(0.0) if 0.0 in values else len(values) // 2
+    other_change, subject_change, both = [], [], []
+    learned_ready("size", "circle")
+    for prompt, a, b, seed in pair_cases(n):
+        out = controller.sweep(SweepRequest(GenerationRequest(prompt=prompt, seed=seed, **base),
+                                            SliderSetting("size", "circle", 0.0, method), tuple(values)))
+        circles, squares = [], []
+        for frame in out.frames:
+            an = analyze(frame)
+            c, s = main_object(an, "circle", a), main_object(an, "square", b)
+            both.append(c is not None and s is not None)
+            circles.append(c.radius if c else None)
+            squares.append(s.radius if s else None)
+        if squares[zero] and circles[zero]:
+            sq = [abs(r - squares[zero]) / squares[zero] for r in squares if r]
+            ci = [abs(r - circles[zero]) / circles[zero] for r in circles if r]
+            other_change.append(max(sq))
+            subject_change.append(max(ci))
+    rows["pair_both_present"] = statistics.mean(both)
+    rows["pair_sweeps_measured"] = len(other_change)
+    rows["pair_other_change_median"] = statistics.median(other_change) if other_change else None
+    rows["pair_subject_change_median"] = statistics.median(subject_change) if subject_change else None
+    log(f"  pair: both {rows['pair_both_present']:.3f} other {rows['pair_other_change_median']} "
+        f"subject {rows['pair_subject_change_median']} ({len(other_change)} sweeps)")
+
+    # hue
+    for key, attribute, colour in (("hue", "hue red-yellow", "orange"), ("hue2", "hue blue-purple", "blue")):
+        learned_ready(attribute, "circle")
+        hue_rhos = []
+        for i in range(n):
+            prompt = f"a medium {colour} circle on a {BACKGROUNDS[i % 3]} background"
+            out = controller.sweep(SweepRequest(GenerationRequest(prompt=prompt, seed=300 + i, **base),
+                                                SliderSetting(attribute, "circle", 0.0, method), tuple(values)))
+            hues = []
+            for frame in out.frames:
+                obj = main_object(analyze(frame))
+                hues.append(unwrap_hue(obj.hue) if obj else float("nan"))
+            ok = [(v, h) for v, h in zip(values, hues) if not np.isnan(h)]
+            hue_rhos.append(rho([v for v, _ in ok], [h for _, h in ok]) if len(ok) > 2 else 0.0)
+        rows[f"{key}_rho"] = statistics.mean(hue_rhos)
+        log(f"  {attribute}: rho {rows[f'{key}_rho']:.3f}")
+    return rows
+
+
+def speed(controller, cfg, steps, repeats):
+    """p50 seconds: plain generation, slider re-render, 8 sequential renders, one 8-value batched sweep."""
+    prompt = "a medium red circle and a medium blue square on a black background"
+    base = GenerationRequest(prompt=prompt, seed=7, cfg=cfg, steps=steps)
+    plain_runner = controller.generator.with_store(None)
+    session = SliderSession()
+    values = [round(-2 + 4 * i / 7, 3) for i in range(8)]
+    plain, slider, seq, batched = [], [], [], []
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        plain_runner.run(base)
+        t1 = time.perf_counter()
+        controller.render(AttributeRequest(base, (SliderSetting("size", "circle", values[r % 8]),)), session=session)
+        t2 = time.perf_counter()
+        for v in values:
+            controller.render(AttributeRequest(base, (SliderSetting("size", "circle", v),)), session=session)
+        t3 = time.perf_counter()
+        controller.sweep(SweepRequest(base, SliderSetting("size", "circle", 0.0), tuple(values)))
+        t4 = time.perf_counter()
+        if r:  # the first round warms up caches and allocators
+            plain.append(t1 - t0)
+            slider.append(t2 - t1)
+            seq.append(t3 - t2)
+            batched.append(t4 - t3)
+    s = {k: summary(v) for k, v in (("plain", plain), ("slider", slider), ("sequential8", seq),
+                                      ("batched8", batched))}
+    s["slider_over_plain"] = s["slider"]["p50_s"] / s["plain"]["p50_s"]
+    s["sequential_over_batched"] = s["sequential8"]["p50_s"] / s["batched8"]["p50_s"]
+    return s
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tinyworld")
+    p.add_argument("--seeds", type=int, default=16, help="sweeps per measurement")
+    p.add_argument("--values", type=int, default=9, help="slider values per sweep, evenly in [-range, range]")
+    p.add_argument("--range", type=float, default=None, help="default: each attribute's own range")
+    p.add_argument("--methods", default="naive,learned,weight")
+    p.add_argument("--learn-steps", type=int, default=200)
+    p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=7, help="speed: timed rounds (plus one warm-up)")
+    p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--directions", default=str(ROOT / "runs" / "bench_directions"),
+                   help="direction cache (learned deltas are trained once and reused)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+
+    model = load_model(args.model, device="cpu")
+    controller = AttributesController(model, directions_root=args.directions)
+    ranges = {d.name: d.range for d in controller.definitions()}
+    limit = args.range or ranges["size"]
+    values = [round(-limit + 2 * limit * i / (args.values - 1), 4) for i in range(args.values)]
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    results = {}
+    t_start = time.time()
+    for method in args.methods.split(","):
+        log(f"method {method}")
+        results[method] = run_sweeps(controller, method, values, args.seeds, args.cfg, args.steps, args.learn_steps,
+                                     log)
+    headers = ["method", "size rho", "kept", "smooth", "pair other", "pair subject", "pair both", "hue rho",
+               "hue2 rho"]
+    rows = [[m, r["size_rho"], r["size_kept"], r["size_smooth"], r["pair_other_change_median"],
+             r["pair_subject_change_median"], r["pair_both_present"], r["hue_rho"], r["hue2_rho"]]
+            for m, r in results.items()]
+    print()
+    print_table(headers, rows)
+    payload = {"machine": machine(torch.device("cpu")), "model": args.model, "weights_hash": model.weights_hash,
+               "values": values, "seeds": args.seeds, "cfg": args.cfg, "steps": args.steps,
+               "learn_steps": args.learn_steps, "methods": results, "quality_seconds": round(time.time() - t_start)}
+    if not args.skip_speed:
+        s = speed(controller, args.cfg, args.steps, args.repeats)
+        payload["speed"] = s
+        print()
+        print_table(["what", "p50 s"], [[k, s[k]["p50_s"]] for k in ("plain", "slider", "sequential8", "batched8")])
+        print(f"slider / plain = {s['slider_over_plain']:.3f}   8 sequential / 8 batched = "
+              f"{s['sequential_over_batched']:.2f}")
+    path = write_results("sliders", payload, args.out)
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

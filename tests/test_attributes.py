@@ -1,0 +1,317 @@
+"""Attribute sliders: token targeting, deltas, the embedding edit, stacking, delay, caches, learning, presets."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from studio.attributes.definitions import AttributeDefinition, definitions_for, load_definitions, model_kind
+from studio.attributes.directions import (
+    SubjectDirections, SubjectShift, emphasis_embeddings, encode_cond, naive_direction, subject_token_indices,
+)
+from studio.attributes.learning import DirectionLearner, LearnSettings
+from studio.attributes.store import DirectionStore
+from studio.controllers.attributes import (
+    AttributeRequest, AttributesController, SliderSession, SliderSetting, SweepRequest, animate,
+)
+from studio.engine import Engine, GenerationRequest, InvalidRequest, RunHooks
+from studio.presets import PresetError
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+SIZE = AttributeDefinition("size", "circle", "a huge {subject}", "a tiny {subject}", 2.0,
+                           ("{phrase}", "a small blue square and {phrase}"))
+
+
+@pytest.fixture(scope="module")
+def tinyworld(tiny_models, torch_single_thread_module):
+    return tiny_models("tinyworld")
+
+
+@pytest.fixture(scope="module")
+def sd1(tiny_models, torch_single_thread_module):
+    return tiny_models("sd1")
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+# ----------------------------------------------------------------------------- token targeting
+
+
+def test_subject_tokens_single_token_word(tinyworld):
+    tok = tinyworld.tokenizer
+    prompt = "a medium red circle and a blue square"
+    ids = tok(prompt).input_ids
+    (i,) = subject_token_indices(tok, prompt, "circle")
+    assert tok.convert_ids_to_tokens(ids[i]).startswith("circle")
+    (j,) = subject_token_indices(tok, prompt, "square")
+    assert tok.convert_ids_to_tokens(ids[j]).startswith("square") and j > i
+    assert subject_token_indices(tok, prompt, "CIRCLE") == (i,)  # case-insensitive, like the tokenizer
+
+
+def test_subject_tokens_multi_token_word_and_repeats(sd1):
+    tok = sd1.tokenizer  # one token per character
+    prompt = "a person and another person"
+    idx = subject_token_indices(tok, prompt, "person")
+    ids = tok(prompt).input_ids
+    assert len(idx) == 12  # both occurrences, six characters each
+    assert "".join(tok.convert_ids_to_tokens([ids[i] for i in idx[:6]])).replace("</w>", "") == "person"
+    assert 0 not in idx and len(ids) - 1 not in idx  # never the start or end token
+
+
+def test_subject_tokens_errors(tinyworld):
+    with pytest.raises(InvalidRequest, match="does not occur"):
+        subject_token_indices(tinyworld.tokenizer, "a red circle", "square")
+    with pytest.raises(InvalidRequest, match="does not occur"):
+        subject_token_indices(tinyworld.tokenizer, "a red circles", "circle")  # whole words only
+    with pytest.raises(InvalidRequest, match="empty"):
+        subject_token_indices(tinyworld.tokenizer, "a red circle", " ")
+    long_prompt = " and ".join(["a red square"] * 40) + " and a circle"
+    with pytest.raises(InvalidRequest, match="token limit"):
+        subject_token_indices(tinyworld.tokenizer, long_prompt, "circle")
+
+
+# ----------------------------------------------------------------------------- deltas and the edit
+
+
+def test_naive_direction_is_mean_difference_at_subject(tinyworld):
+    delta = naive_direction(tinyworld, "circle", SIZE.positive, SIZE.negative, SIZE.templates)
+    manual = []
+    for t in SIZE.templates:
+        pos, neg = t.replace("{phrase}", "a huge circle"), t.replace("{phrase}", "a tiny circle")
+        e = encode_cond(tinyworld, [pos, neg])
+        ip, ineg = subject_token_indices(tinyworld.tokenizer, pos, "circle"), \
+            subject_token_indices(tinyworld.tokenizer, neg, "circle")
+        manual.append(e[0, list(ip)].mean(0) - e[1, list(ineg)].mean(0))
+    assert torch.allclose(delta, torch.stack(manual).mean(0), atol=1e-5)
+    swapped = naive_direction(tinyworld, "circle", SIZE.negative, SIZE.positive, SIZE.templates)
+    assert torch.allclose(swapped, -delta, atol=1e-5)
+    assert delta.norm() > 0.1
+
+
+def test_edit_changes_only_subject_tokens_of_cond():
+    embeds = torch.randn(2, 10, 8)
+    delta = torch.ones(8)
+    edit = SubjectDirections([SubjectShift((3, 4), delta, (1.0, -2.0))], start_step=2)
+    out = edit.apply(2, 10, embeds.clone(), "cond")
+    changed = (out - embeds).abs().sum(-1) > 0
+    assert changed[:, [3, 4]].all() and not changed[:, [0, 1, 2, 5, 6, 7, 8, 9]].any()
+    assert torch.allclose(out[0, 3] - embeds[0, 3], delta) and torch.allclose(out[1, 4] - embeds[1, 4], -2 * delta)
+    assert torch.equal(edit.apply(2, 10, embeds, "uncond"), embeds)  # the negative prompt is never edited
+    assert torch.equal(edit.apply(1, 10, embeds, "cond"), embeds)  # delay: not before start_step
+
+
+def test_edits_stack():
+    embeds = torch.zeros(1, 6, 4)
+    a = SubjectShift((1,), torch.tensor([1.0, 0, 0, 0]), (2.0,))
+    b = SubjectShift((1, 3), torch.tensor([0, 1.0, 0, 0]), (0.5,))
+    out = SubjectDirections([a, b]).apply(0, 1, embeds, "cond")
+    assert out[0, 1].tolist() == [2.0, 0.5, 0, 0] and out[0, 3].tolist() == [0, 0.5, 0, 0]
+
+
+# ----------------------------------------------------------------------------- controller
+
+
+@pytest.fixture(scope="module")
+def controller(tinyworld, tmp_path_factory):
+    return AttributesController(tinyworld, directions_root=tmp_path_factory.mktemp("directions"))
+
+
+BASE = GenerationRequest(prompt="a medium red circle and a medium blue square on a black background", seed=3,
+                         cfg=3.0, steps=8)
+
+
+def test_value_zero_is_the_plain_image(controller):
+    plain = controller.generator.with_store(None).run(BASE).images[0]
+    zero = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 0.0),))).images[0]
+    moved = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 1.5),))).images[0]
+    assert np.array_equal(pixels(plain), pixels(zero))
+    assert np.abs(pixels(moved) - pixels(plain)).mean() > 1.0
+
+
+def test_delay_keeps_the_first_steps(tinyworld):
+    engine = Engine(tinyworld)
+    req = replace(BASE, steps=10)
+    delta = torch.randn(tinyworld.text_encoder.config.hidden_size) * 5
+    idx = subject_token_indices(tinyworld.tokenizer, req.prompt, "circle")
+
+    def trajectory(edits):
+        seen = []
+        engine.generate(req, hooks=RunHooks(embedding_edits=edits, step_callbacks=[lambda e: seen.append(e.x0_pred)]))
+        return seen
+
+    plain = trajectory([])
+    delayed = trajectory([SubjectDirections([SubjectShift(idx, delta, (1.0,))], start_step=4)])
+    assert all(torch.equal(a, b) for a, b in zip(plain[:4], delayed[:4]))
+    assert not torch.equal(plain[4], delayed[4])
+
+
+def test_session_caches_encoding_and_resumes_after_delay(controller, tinyworld):
+    calls = []
+    handle = tinyworld.text_encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        session = SliderSession()
+        first = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 0.5),), delay=0.25),
+                                  session=session)
+        n_first = len(calls)
+        second = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 1.5),), delay=0.25),
+                                   session=session)
+        assert len(calls) == n_first  # the prompt was not encoded again; only the delta moved
+    finally:
+        handle.remove()
+    assert first.resumed_from is None and second.resumed_from == 2  # 0.25 x 8 steps reused
+    fresh = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 1.5),), delay=0.25))
+    assert np.array_equal(pixels(second.images[0]), pixels(fresh.images[0]))
+
+
+def test_sweep_matches_single_renders(controller):
+    values = (-1.5, 0.0, 1.5)
+    sweep = controller.sweep(SweepRequest(BASE, SliderSetting("size", "circle", 0.0), values))
+    assert len(sweep.frames) == 3 and sweep.request.base.shared_seed
+    for v, frame in zip(values, sweep.frames):
+        single = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", v),))).images[0]
+        assert np.abs(pixels(frame) - pixels(single)).max() <= 3  # batched vs single: float rounding only
+    webp, gif = sweep.animation("webp"), sweep.animation("gif")
+    assert webp[:4] == b"RIFF" and gif[:6] == b"GIF89a"
+
+
+def test_stacked_sliders_on_two_subjects(controller):
+    one = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 1.5),))).images[0]
+    two = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 1.5),
+                                                    SliderSetting("hue red-yellow", "square", 2.0)))).images[0]
+    assert np.abs(pixels(one) - pixels(two)).mean() > 0.5
+
+
+def test_weight_baseline(controller, tinyworld):
+    plain = controller.generator.with_store(None).run(BASE).images[0]
+    zero = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 0.0, "weight"),))).images[0]
+    assert np.array_equal(pixels(plain), pixels(zero))
+    e = emphasis_embeddings(tinyworld, BASE.prompt, "circle", "a huge {subject}", "a tiny {subject}", 1.0, 2.0)
+    assert e.shape == encode_cond(tinyworld, [BASE.prompt]).shape
+    with pytest.raises(InvalidRequest, match="runs alone"):
+        controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 1.0, "weight"),
+                                                  SliderSetting("size", "square", 1.0))))
+
+
+@pytest.mark.parametrize("slider, match", [
+    (SliderSetting("size", "triangle", 1.0), "does not occur"),
+    (SliderSetting("size", "circle", 9.0), r"in \[-2, 2\]"),
+    (SliderSetting("nope", "circle", 1.0), "unknown attribute"),
+    (SliderSetting("size", "circle", 1.0, "magic"), "unknown method"),
+    (SliderSetting("size", "circle", 1.0, "learned"), "no learned direction"),
+])
+def test_bad_sliders_are_rejected_clearly(controller, slider, match):
+    with pytest.raises(InvalidRequest, match=match):
+        controller.render(AttributeRequest(BASE, (slider,)))
+    with pytest.raises(InvalidRequest, match="delay"):
+        controller.render(AttributeRequest(BASE, (), delay=1.0))
+
+
+def test_saved_image_carries_slider_settings(tinyworld, tmp_path):
+    from studio.controllers import FileSaver
+    from studio.outputs import read_image_settings
+
+    controller = AttributesController(tinyworld, FileSaver(lambda s: tmp_path / f"{s.batch_index}.png"))
+    out = controller.sweep(SweepRequest(BASE, SliderSetting("size", "circle", 0.0), (-1.0, 1.0)), save=True)
+    settings = read_image_settings(out.saved[1])
+    assert settings.workbench == "attributes"
+    sliders = settings.controls["attributes"]["sliders"]
+    assert sliders[0]["value"] == 1.0 and sliders[0]["subject"] == "circle"
+
+
+def test_custom_definition_and_disk_cache(tinyworld, tmp_path):
+    custom = AttributeDefinition("greenness", "circle", "a green {subject}", "a red {subject}", 3.0)
+    c1 = AttributesController(tinyworld, directions_root=tmp_path)
+    d1 = c1.direction(custom, "circle")
+    files = list(tmp_path.rglob("*.safetensors"))
+    assert len(files) == 1 and tinyworld.weights_hash[:16] in str(files[0])
+    c2 = AttributesController(tinyworld, directions_root=tmp_path)
+    assert torch.equal(c2.direction(custom, "circle"), d1)  # read back from disk
+    files[0].write_bytes(b"garbage")
+    assert DirectionStore(tmp_path).load(tinyworld.weights_hash, custom, "circle", "naive") is None
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_learner_trains_delta_cancels_and_resumes(sd1, tmp_path):
+    definition = AttributeDefinition("age", "person", "an old {subject}", "a young {subject}", 2.0)
+    unet_before = {k: v.clone() for k, v in sd1.unet.state_dict().items()}
+    ckpt = tmp_path / "partial.pt"
+    settings = LearnSettings(steps=4, batch=2, pool_seeds=2, pool_steps=3, checkpoint_every=2)
+    first = DirectionLearner(sd1, definition, "person", settings, checkpoint=str(ckpt))
+    first.on_step = lambda progress: first.cancel() if progress.step == 2 else None
+    assert first.run() is None and first.progress.state == "cancelled" and ckpt.is_file()
+    second = DirectionLearner(sd1, definition, "person", settings, checkpoint=str(ckpt))
+    delta = second.run()
+    assert "resumed at step 2" in second.progress.message and second.progress.step == 4
+    assert delta.shape == (sd1.text_encoder.config.hidden_size,) and torch.isfinite(delta).all()
+    assert delta.norm() > 0 and not ckpt.exists()
+    assert all(torch.equal(v, unet_before[k]) for k, v in sd1.unet.state_dict().items())
+
+
+def test_learned_method_through_controller(tinyworld, tmp_path):
+    controller = AttributesController(tinyworld, directions_root=tmp_path)
+    job = controller.learner("size", "circle", LearnSettings(steps=2, batch=2, pool_seeds=1, pool_steps=2))
+    job.start()
+    job.join(120)
+    assert job.progress.state == "done", job.progress.message
+    assert controller.has_learned("size", "circle")
+    again = AttributesController(tinyworld, directions_root=tmp_path)  # saved: a new controller finds it
+    out = again.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 1.0, "learned"),)))
+    assert len(out.images) == 1
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def test_shipped_presets_validate_and_match_models(tinyworld, sd1):
+    assert model_kind(tinyworld) == "tinyworld" and model_kind(sd1) == "sd1"
+    tw = {d.name for d in definitions_for(tinyworld)}
+    assert {"size", "hue red-yellow", "hue blue-purple"} <= tw and len(tw) >= 4
+    sd = {d.name for d in definitions_for(sd1)}
+    assert {"age", "smile", "hair length", "weight"} <= sd and any(n.startswith("style") for n in sd)
+
+
+def test_sd1_presets_compute_on_random_weights(sd1, tmp_path):
+    """The SD 1.x directions are computed on first use; their path runs on a random-weight pipeline here."""
+    controller = AttributesController(sd1, directions_root=tmp_path)
+    for definition in controller.definitions():
+        delta = controller.direction(definition.name, definition.subject)
+        assert delta.shape == (sd1.text_encoder.config.hidden_size,) and torch.isfinite(delta).all()
+    base = GenerationRequest(prompt="a photo of a person", seed=1, cfg=5.0, steps=4)
+    out = controller.render(AttributeRequest(base, (SliderSetting("age", "person", 1.0),
+                                                    SliderSetting("smile", "person", -1.0))))
+    assert out.images[0].size == (64, 64)
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"version": 2}, "version"),
+    ({"model": "sdxl9"}, "model"),
+    ({"attributes": [{"name": "a", "subject": "x", "positive": "big", "negative": "a small {subject}"}]},
+     "attributes[0]"),
+    ({"attributes": [{"name": "a", "subject": "x", "positive": "a {subject}", "negative": "b {subject}",
+                      "range": -1}]}, "attributes[0]"),
+    ({"attributes": [{"name": "a", "subject": "x", "positive": "a {subject}", "negative": "b {subject}",
+                      "colour": 1}]}, "attributes[0].colour"),
+])
+def test_bad_definition_files_name_the_field(tmp_path, patch, field):
+    good = json.loads((load_definitions.__globals__["presets_dir"]() / "tinyworld.json").read_text())
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**good, **patch}))
+    with pytest.raises(PresetError) as err:
+        load_definitions(path)
+    assert err.value.field == field and "bad.json" in str(err.value)
+
+
+def test_animation_rejects_bad_format():
+    from PIL import Image
+
+    with pytest.raises(InvalidRequest, match="webp or gif"):
+        animate([Image.new("RGB", (8, 8))], fmt="mp4")
