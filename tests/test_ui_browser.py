@@ -260,3 +260,65 @@ def read_png(path: Path):
 
     with Image.open(path) as im:
         return im.convert("RGB")
+
+
+def image_src(page, elem_id: str) -> str | None:
+    srcs = page.eval_on_selector_all(f"#{elem_id} img", "els => els.map(e => e.getAttribute('src'))")
+    return srcs[-1] if srcs else None
+
+
+def test_attribute_slider_in_the_browser(studio, browser):
+    """Drag the size slider: the image follows (live drafts, then a full render on release) beside the image at
+    zero; then a sweep fills the filmstrip and offers an animated WebP."""
+    import numpy as np
+
+    url, _ = studio
+    context, page = open_studio(browser, url)
+    try:
+        page.get_by_role("tab", name="Attributes").click()
+        page.wait_for_selector("#attr_value input[type=range]", state="visible")
+        assert page.input_value("#attr_subject textarea") == "circle"
+        set_number(page, "attr_steps", 12)
+
+        # 1. drag the slider to the right with the mouse (press, move in steps, release)
+        track = page.locator("#attr_value input[type=range]").first
+        box = track.bounding_box()
+        y = box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + box["width"] / 2, y)
+        page.mouse.down()
+        for k in range(1, 6):
+            page.mouse.move(box["x"] + box["width"] * (0.5 + 0.08 * k), y)
+            time.sleep(0.2)
+        page.mouse.up()
+        wait_until(lambda: "done:" in page.inner_text("#attr_status"), RUN_TIMEOUT, "the full render on release")
+        assert "Traceback" not in page.inner_text("body")
+        value = float(page.locator("#attr_value input[type=number]").first.input_value())
+        assert value > 0.5
+        moved = fetch_image(page, image_src(page, "attr_image"))
+        zero = fetch_image(page, image_src(page, "attr_zero"))
+        diff = np.abs(np.asarray(moved, dtype=np.int16) - np.asarray(zero, dtype=np.int16))
+        assert moved.size == (64, 64) and diff.mean() > 1.0, "the image did not follow the slider"
+
+        # 2. a second value changes the image again
+        first_src = image_src(page, "attr_image")
+        set_number(page, "attr_value", -1.5)
+        page.click("#attr_render")
+        wait_until(lambda: image_src(page, "attr_image") != first_src and "-1.50" in page.inner_text("#attr_status"),
+                   RUN_TIMEOUT, "the render at -1.5")
+
+        # 3. a sweep: nine frames in the filmstrip and a WebP to download
+        page.click("#attr_sweep")
+        wait_until(lambda: page.locator("#attr_filmstrip img").count() >= 9, RUN_TIMEOUT, "nine sweep frames")
+        assert "one batched run" in page.inner_text("#attr_status")
+        link = page.locator("#attr_animation a").first
+        wait_until(lambda: link.count() and ".webp" in (link.get_attribute("href") or ""), 30, "the WebP link")
+        body = page.request.get(link.get_attribute("href")).body()
+        assert body[:4] == b"RIFF" and b"WEBP" in body[:16]
+
+        # 4. a subject that is not in the prompt: a clear message, no traceback
+        page.fill("#attr_subject textarea", "hexagon")
+        page.click("#attr_render")
+        wait_until(lambda: "does not occur" in page.inner_text("#attr_status"), 60, "the subject error")
+        assert "Traceback" not in page.inner_text("body")
+    finally:
+        context.close()

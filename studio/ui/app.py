@@ -16,6 +16,7 @@ import gradio as gr
 
 from studio.presets import PresetError, load_presets
 
+from .attributes_tab import AttributesHandlers, AttributesSession, build_attributes_tab
 from .generate_tab import GenerateHandlers, build_generate_tab
 from .history_tab import GENERATE_TAB_ID, HISTORY_TAB_ID, HistoryHandlers, build_history_tab
 from .session import SessionState
@@ -60,6 +61,10 @@ def build_app(model, outputs_dir, *, examples_path=None, controller=None, store=
 
     generate_handlers = GenerateHandlers(controller, model, presets=presets, presets_error=presets_error)
     history_handlers = HistoryHandlers(store, generate_handlers)
+    from studio.controllers.attributes import AttributesController
+
+    attributes_handlers = AttributesHandlers(AttributesController(model, store,
+                                                                  directions_root=Path(outputs_dir) / "directions"))
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         state = gr.State(SessionState(), delete_callback=SessionState.close)
@@ -70,6 +75,9 @@ def build_app(model, outputs_dir, *, examples_path=None, controller=None, store=
         with gr.Tabs(selected=GENERATE_TAB_ID) as tabs:
             with gr.Tab("Generate", id=GENERATE_TAB_ID, elem_id="tab_generate"):
                 generate_tab = build_generate_tab(generate_handlers, state)
+            with gr.Tab("Attributes", id="attributes", elem_id="tab_attributes"):
+                attributes_state = gr.State(AttributesSession(), delete_callback=AttributesSession.close)
+                build_attributes_tab(attributes_handlers, attributes_state)
             with gr.Tab("History", id=HISTORY_TAB_ID, elem_id="tab_history") as history_tab:
                 build_history_tab(history_handlers, state, generate_tab, tabs, history_tab)
     demo.queue(default_concurrency_limit=1, max_size=64)
