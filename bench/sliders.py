@@ -2,10 +2,12 @@
 
 Sweeps (every one a batched run of all values on one seed's noise, through AttributesController.sweep):
   size    single-object prompts ("a medium red circle on a black background"), size slider on the shape word:
-          Spearman rho(value, measured radius); colour and shape kept (share of frames); smooth (share of sweeps
+          Spearman rho(value, measured radius); kept: share of frames whose object has the colour and shape of
+          the same seed's frame at zero; smooth (share of sweeps
           in which no step between adjacent values moves the radius by more than 35% of the sweep's range)
   pair    "a medium red circle and a medium blue square ...": the circle's size slider; median over sweeps of the
-          largest relative change of the square's radius (should stay < 10%) and of the circle's (far larger);
+          largest relative change of the square's radius (should stay < 10%; a frame without a square counts
+          as 100%) and of the circle's (far larger); "square kept" is the share of frames that still show one;
           only seeds whose slider-at-zero image shows both a circle and a square are swept (the first n found)
   hue     "a medium orange circle ...": hue red-yellow slider; Spearman rho(value, measured hue)
   hue2    "a medium blue circle ...": hue blue-purple slider; Spearman rho(value, measured hue)
@@ -92,30 +94,34 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log):
         controller.learner(attribute, subject, LearnSettings(steps=learn_steps)).run()
         log(f"  learned {attribute!r} on {subject!r} in {time.time() - t0:.0f}s")
 
-    # size, single object
-    rhos, kept, smooth = [], [], []
+    # size, single object; "kept" compares each frame with the same seed's frame at zero (the slider must not
+    # change colour or shape), so sweeps whose zero frame shows no object are left out
+    zero = values.index(0.0) if 0.0 in values else len(values) // 2
+    rhos, kept, smooth, records = [], [], [], []
     for prompt, shape, colour, seed in size_cases(n):
         learned_ready("size", shape)
         out = controller.sweep(SweepRequest(GenerationRequest(prompt=prompt, seed=seed, **base),
                                             SliderSetting("size", shape, 0.0, method), tuple(values)))
-        radii = []
-        for frame in out.frames:
-            obj = main_object(analyze(frame))
-            radii.append(obj.radius if obj else 0.0)
-            kept.append(obj is not None and obj.shape == shape and obj.colour == colour)
+        objs = [main_object(analyze(frame)) for frame in out.frames]
+        radii = [o.radius if o else 0.0 for o in objs]
+        at_zero = objs[zero]
+        if at_zero is not None:
+            kept += [o is not None and (o.shape, o.colour) == (at_zero.shape, at_zero.colour) for o in objs]
         rhos.append(rho(values, radii))
         span = max(radii) - min(radii)
         steps_ = [abs(b - a) for a, b in zip(radii, radii[1:])]
         smooth.append(span > 0.5 and max(steps_) <= 0.35 * span)
+        records.append({"prompt": prompt, "seed": seed, "radii": [round(r, 2) for r in radii],
+                        "objects": [f"{o.colour} {o.shape}" if o else None for o in objs]})
     rows["size_rho"] = statistics.mean(rhos)
-    rows["size_kept"] = statistics.mean(kept)
+    rows["size_kept"] = statistics.mean(kept) if kept else None
     rows["size_smooth"] = statistics.mean(smooth)
+    rows["size_sweeps"] = records
     log(f"  size: rho {rows['size_rho']:.3f} kept {rows['size_kept']:.3f} smooth {rows['size_smooth']:.3f}")
 
     # specificity, two objects: seeds are scanned in order and the first n whose zero frame shows both a circle
     # and a square are swept (the model often draws only one of two objects; see the quality bench's binding)
-    zero = values.index(0.0) if 0.0 in values else len(values) // 2
-    other_change, subject_change, scanned = [], [], 0
+    other_change, subject_change, scanned, pair_records = [], [], 0, []
     learned_ready("size", "circle")
     for prompt, a, b, seed in pair_cases(8 * n):
         if len(other_change) == n:
@@ -133,6 +139,7 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log):
             c, s = main_object(an, "circle"), main_object(an, "square")
             circles.append(c.radius if c else None)
             squares.append(s.radius if s else None)
+        pair_records.append({"prompt": prompt, "seed": seed, "circle": circles, "square": squares})
         r_sq, r_ci = squares[zero] or squares[len(values) // 2], circles[zero] or circles[len(values) // 2]
         if not (r_sq and r_ci):
             continue
@@ -141,6 +148,9 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log):
         subject_change.append(max(abs(r - r_ci) / r_ci for r in circles if r))
     rows["pair_sweeps_measured"] = len(other_change)
     rows["pair_seeds_scanned"] = scanned
+    rows["pair_sweeps"] = pair_records
+    rows["pair_square_kept"] = statistics.mean(
+        [sq is not None for rec in pair_records for sq in rec["square"]]) if pair_records else None
     rows["pair_other_change_median"] = statistics.median(other_change) if other_change else None
     rows["pair_subject_change_median"] = statistics.median(subject_change) if subject_change else None
     log(f"  pair: other {rows['pair_other_change_median']} subject {rows['pair_subject_change_median']} "
@@ -149,7 +159,7 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log):
     # hue
     for key, attribute, colour in (("hue", "hue red-yellow", "orange"), ("hue2", "hue blue-purple", "blue")):
         learned_ready(attribute, "circle")
-        hue_rhos = []
+        hue_rhos, hue_records = [], []
         for i in range(n):
             prompt = f"a medium {colour} circle on a {BACKGROUNDS[i % 3]} background"
             out = controller.sweep(SweepRequest(GenerationRequest(prompt=prompt, seed=300 + i, **base),
@@ -160,7 +170,9 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log):
                 hues.append(unwrap_hue(obj.hue) if obj else float("nan"))
             ok = [(v, h) for v, h in zip(values, hues) if not np.isnan(h)]
             hue_rhos.append(rho([v for v, _ in ok], [h for _, h in ok]) if len(ok) > 2 else 0.0)
+            hue_records.append({"prompt": prompt, "hues": [None if np.isnan(h) else round(h, 1) for h in hues]})
         rows[f"{key}_rho"] = statistics.mean(hue_rhos)
+        rows[f"{key}_sweeps"] = hue_records
         log(f"  {attribute}: rho {rows[f'{key}_rho']:.3f}")
     return rows
 
@@ -225,10 +237,10 @@ def main() -> int:
         log(f"method {method}")
         results[method] = run_sweeps(controller, method, values, args.seeds, args.cfg, args.steps, args.learn_steps,
                                      log)
-    headers = ["method", "size rho", "kept", "smooth", "pair other", "pair subject", "pair sweeps", "hue rho",
+    headers = ["method", "size rho", "kept", "smooth", "pair other", "pair subject", "square kept", "hue rho",
                "hue2 rho"]
     rows = [[m, r["size_rho"], r["size_kept"], r["size_smooth"], r["pair_other_change_median"],
-             r["pair_subject_change_median"], r["pair_sweeps_measured"], r["hue_rho"], r["hue2_rho"]]
+             r["pair_subject_change_median"], r["pair_square_kept"], r["hue_rho"], r["hue2_rho"]]
             for m, r in results.items()]
     print()
     print_table(headers, rows)

@@ -239,11 +239,18 @@ def test_gr_state_gives_every_session_a_fresh_state(tmp_path, tiny_model):
 
     demo = build_app(tiny_model, tmp_path / "out")
     try:
-        [state] = [blk for blk in demo.blocks.values() if isinstance(blk, gr.State)]
+        states = [blk for blk in demo.blocks.values() if isinstance(blk, gr.State)]
+        [state] = [s for s in states if isinstance(s.value, SessionState)]
         one, two = copy.deepcopy(state.value), copy.deepcopy(state.value)
         assert isinstance(one, SessionState) and one is not two and one.gallery is not two.gallery
         one.add_images([("x.png", "seed 1")])
         assert two.gallery == [] and state.value.gallery == []
+        from studio.ui.attributes_tab import AttributesSession
+
+        [attributes] = [s for s in states if isinstance(s.value, AttributesSession)]
+        mine, theirs = copy.deepcopy(attributes.value), copy.deepcopy(attributes.value)
+        mine.custom.append("x")
+        assert mine.full is not theirs.full and theirs.custom == [] and attributes.value.custom == []
     finally:
         demo.studio_store.close()
 
