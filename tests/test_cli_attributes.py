@@ -1,0 +1,64 @@
+"""``python -m studio attributes``: one image per value in order, slider metadata, JSON, one-line errors."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.cli import main
+from studio.outputs import read_image_settings
+
+PROMPT = "a medium red circle and a medium blue square on a black background"
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models, torch_single_thread_module):
+    return tiny_models("tinyworld")
+
+
+def run(model, *argv):
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["attributes", *map(str, argv)], load_model=lambda spec, **kw: model, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_values_in_order_with_metadata(model, tmp_path):
+    code, out, err = run(model, "--prompt", PROMPT, "--subject", "circle", "--attribute", "size",
+                         "--values", "1.5,-1.5,0", "--seed", 3, "--steps", 8, "--out-dir", tmp_path / "sweep",
+                         "--directions", tmp_path / "dirs", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    paths = report["paths"]
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["000-size-+1.500.png", "001-size--1.500.png",
+                                                    "002-size-+0.000.png"]
+    values = [read_image_settings(p).controls["attributes"]["sliders"][0]["value"] for p in paths]
+    assert values == [1.5, -1.5, 0.0]
+    settings = read_image_settings(paths[0])
+    assert settings.prompt == PROMPT and settings.seed == 3 and settings.workbench == "attributes"
+    images = [np.asarray(Image.open(p).convert("RGB"), dtype=np.int16) for p in paths]
+    assert np.abs(images[0] - images[1]).mean() > 1  # the slider changed the picture
+    assert list((tmp_path / "dirs").rglob("*.safetensors"))  # the direction was cached
+
+
+def test_list_shows_the_models_attributes(model):
+    code, out, _ = run(model, "--list")
+    assert code == 0 and "size" in out and "hue red-yellow" in out and "a huge {subject}" in out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--subject", "circle", "--attribute", "size", "--values", "1"], "missing --prompt"),
+    (["--prompt", PROMPT, "--subject", "hexagon", "--attribute", "size", "--values", "1"], "does not occur"),
+    (["--prompt", PROMPT, "--subject", "circle", "--attribute", "size", "--values", "1,x"], "comma-separated"),
+    (["--prompt", PROMPT, "--subject", "circle", "--attribute", "size", "--values", "9"], "[-2, 2]"),
+    (["--prompt", PROMPT, "--subject", "circle", "--attribute", "age", "--values", "1"], "unknown attribute"),
+    (["--prompt", PROMPT, "--subject", "circle", "--attribute", "size", "--values", "1", "--method", "learned"],
+     "--learn"),
+])
+def test_bad_input_exits_2_with_one_line(model, tmp_path, argv, expected):
+    code, out, err = run(model, *argv, "--out-dir", tmp_path / "o", "--directions", tmp_path / "d")
+    assert code == 2 and err.startswith("error: ") and expected in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()  # nothing written for bad input
