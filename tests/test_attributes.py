@@ -201,7 +201,7 @@ def test_weight_baseline(controller, tinyworld):
 
 @pytest.mark.parametrize("slider, match", [
     (SliderSetting("size", "triangle", 1.0), "does not occur"),
-    (SliderSetting("size", "circle", 9.0), r"in \[-2, 2\]"),
+    (SliderSetting("size", "circle", 9.0), r"in \[-1.5, 1.5\]"),
     (SliderSetting("nope", "circle", 1.0), "unknown attribute"),
     (SliderSetting("size", "circle", 1.0, "magic"), "unknown method"),
     (SliderSetting("size", "circle", 1.0, "learned"), "no learned direction"),

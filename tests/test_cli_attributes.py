@@ -53,7 +53,7 @@ def test_list_shows_the_models_attributes(model):
     (["--subject", "circle", "--attribute", "size", "--values", "1"], "missing --prompt"),
     (["--prompt", PROMPT, "--subject", "hexagon", "--attribute", "size", "--values", "1"], "does not occur"),
     (["--prompt", PROMPT, "--subject", "circle", "--attribute", "size", "--values", "1,x"], "comma-separated"),
-    (["--prompt", PROMPT, "--subject", "circle", "--attribute", "size", "--values", "9"], "[-2, 2]"),
+    (["--prompt", PROMPT, "--subject", "circle", "--attribute", "size", "--values", "9"], "[-1.5, 1.5]"),
     (["--prompt", PROMPT, "--subject", "circle", "--attribute", "age", "--values", "1"], "unknown attribute"),
     (["--prompt", PROMPT, "--subject", "circle", "--attribute", "size", "--values", "1", "--method", "learned"],
      "--learn"),

@@ -39,7 +39,7 @@ def test_errors_are_messages_not_tracebacks(handlers):
     session = AttributesSession()
     image, zero, status = handlers.render(session, *form(subject="triangle"))
     assert "studio-error" in status and "does not occur" in status and "Traceback" not in status
-    assert handlers.render(session, *form(value=5.0))[2].count("must be a number in [-2, 2]") == 1
+    assert handlers.render(session, *form(value=5.0))[2].count("must be a number in [-1.5, 1.5]") == 1
     _, _, status = handlers.sweep(session, PROMPT, 3, 8, 3.0, 0.0, "size", "circle", "naive", NONE, "", 0, 40)
     assert "frames must be in 2..16" in status
 
@@ -48,7 +48,7 @@ def test_sweep_gives_filmstrip_and_animation(handlers):
     session = AttributesSession()
     gallery, path, status = handlers.sweep(session, PROMPT, 3, 8, 3.0, 0.0, "size", "circle", "naive", NONE, "",
                                            0.0, 5)
-    assert len(gallery) == 5 and [c for _, c in gallery] == ["-2.00", "-1.00", "+0.00", "+1.00", "+2.00"]
+    assert len(gallery) == 5 and [c for _, c in gallery] == ["-1.50", "-0.75", "+0.00", "+0.75", "+1.50"]
     assert open(path, "rb").read(4) == b"RIFF" and "one batched run" in status
 
 
