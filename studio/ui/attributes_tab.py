@@ -9,12 +9,10 @@ own attributes; all per-user state lives in :class:`AttributesSession` inside ``
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import gradio as gr
 
@@ -39,8 +37,7 @@ class AttributesSession:
     full: SliderSession = field(default_factory=SliderSession)
     draft: SliderSession = field(default_factory=SliderSession)
     custom: list[AttributeDefinition] = field(default_factory=list)
-    zero_key: tuple | None = None
-    zero_image: Any = None
+    zero_images: dict = field(default_factory=dict)  # (prompt, seed, steps, cfg) -> image at zero (draft and full)
     last: tuple | None = None  # (AttributeRequest, image) of the last full render, for Save
     learner: DirectionLearner | None = None
     workdir: Path | None = None
@@ -95,11 +92,12 @@ class AttributesHandlers:
         return tuple(sliders)
 
     def _zero(self, session: AttributesSession, base: GenerationRequest):
-        key = (base.prompt, base.seed, base.steps, base.cfg)
-        if session.zero_key != key:
-            session.zero_image = self.controller.render(AttributeRequest(base), session=None).images[0]
-            session.zero_key = key
-        return session.zero_image
+        key = (base.prompt, base.negative_prompt, base.seed, base.steps, base.cfg)
+        if key not in session.zero_images:
+            if len(session.zero_images) >= 4:  # drafts and full renders alternate: keep a few
+                session.zero_images.pop(next(iter(session.zero_images)))
+            session.zero_images[key] = self.controller.render(AttributeRequest(base)).images[0]
+        return session.zero_images[key]
 
     # ------------------------------------------------------------------ events
 
