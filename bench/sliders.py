@@ -83,7 +83,7 @@ def pair_cases(n):
     return cases
 
 
-def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log):
+def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2=True):
     rows = {}
     base = dict(cfg=cfg, steps=steps)
 
@@ -157,7 +157,8 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log):
         f"({len(other_change)} sweeps, {scanned} seeds scanned)")
 
     # hue
-    for key, attribute, colour in (("hue", "hue red-yellow", "orange"), ("hue2", "hue blue-purple", "blue")):
+    hues = [("hue", "hue red-yellow", "orange")] + ([("hue2", "hue blue-purple", "blue")] if hue2 else [])
+    for key, attribute, colour in hues:
         learned_ready(attribute, "circle")
         hue_rhos, hue_records = [], []
         for i in range(n):
@@ -183,7 +184,8 @@ def speed(controller, cfg, steps, repeats):
     base = GenerationRequest(prompt=prompt, seed=7, cfg=cfg, steps=steps)
     plain_runner = controller.generator.with_store(None)
     session = SliderSession()
-    values = [round(-2 + 4 * i / 7, 3) for i in range(8)]
+    limit = controller.definition("size").range
+    values = [round(-limit + 2 * limit * i / 7, 3) for i in range(8)]
     plain, slider, seq, batched = [], [], [], []
     for r in range(repeats + 1):
         t0 = time.perf_counter()
@@ -220,6 +222,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=7, help="speed: timed rounds (plus one warm-up)")
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--skip-hue2", action="store_true", help="leave out the blue-purple hue sweeps")
     p.add_argument("--directions", default=str(ROOT / "runs" / "bench_directions"),
                    help="direction cache (learned deltas are trained once and reused)")
     p.add_argument("--out", default=None)
@@ -233,17 +236,18 @@ def main() -> int:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     results = {}
     t_start = time.time()
-    for method in args.methods.split(","):
+    for method in [m for m in args.methods.split(",") if m]:
         log(f"method {method}")
         results[method] = run_sweeps(controller, method, values, args.seeds, args.cfg, args.steps, args.learn_steps,
-                                     log)
+                                     log, hue2=not args.skip_hue2)
     headers = ["method", "size rho", "kept", "smooth", "pair other", "pair subject", "square kept", "hue rho",
                "hue2 rho"]
     rows = [[m, r["size_rho"], r["size_kept"], r["size_smooth"], r["pair_other_change_median"],
-             r["pair_subject_change_median"], r["pair_square_kept"], r["hue_rho"], r["hue2_rho"]]
+             r["pair_subject_change_median"], r["pair_square_kept"], r["hue_rho"], r.get("hue2_rho", "-")]
             for m, r in results.items()]
-    print()
-    print_table(headers, rows)
+    if rows:
+        print()
+        print_table(headers, rows)
     payload = {"machine": machine(torch.device("cpu")), "model": args.model, "weights_hash": model.weights_hash,
                "values": values, "seeds": args.seeds, "cfg": args.cfg, "steps": args.steps,
                "learn_steps": args.learn_steps, "methods": results, "quality_seconds": round(time.time() - t_start)}
@@ -254,7 +258,8 @@ def main() -> int:
         print_table(["what", "p50 s"], [[k, s[k]["p50_s"]] for k in ("plain", "slider", "sequential8", "batched8")])
         print(f"slider / plain = {s['slider_over_plain']:.3f}   8 sequential / 8 batched = "
               f"{s['sequential_over_batched']:.2f}")
-    path = write_results("sliders", payload, args.out)
+    name = "sliders-" + "-".join(m for m in args.methods.split(",") if m) if results else "sliders-speed"
+    path = write_results(name, payload, args.out)
     print(f"\nwrote {path}")
     return 0
 
