@@ -314,6 +314,9 @@ def test_attribute_slider_in_the_browser(studio, browser):
         wait_until(lambda: link.count() and ".webp" in (link.get_attribute("href") or ""), 30, "the WebP link")
         body = page.request.get(link.get_attribute("href")).body()
         assert body[:4] == b"RIFF" and b"WEBP" in body[:16]
+        if os.environ.get("STUDIO_UPDATE_SCREENSHOT") == "1":  # README's picture of the workbench
+            page.mouse.move(0, 0)
+            page.screenshot(path=str(ROOT / "docs" / "attributes.png"))
 
         # 4. a subject that is not in the prompt: a clear message, no traceback
         page.fill("#attr_subject textarea", "hexagon")

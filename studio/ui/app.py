@@ -27,6 +27,8 @@ log = logging.getLogger("studio.ui")
 CSS = """
 #preview img, #gallery img, #history_gallery img, #history_image img { image-rendering: pixelated; }
 #preview img, #history_image img { width: 100%; height: 100%; object-fit: contain; }
+#attr_image img, #attr_zero img, #attr_filmstrip img { image-rendering: pixelated; }
+#attr_image img, #attr_zero img { width: 100%; height: 100%; object-fit: contain; }
 .studio-status { padding: 6px 10px; border-radius: 6px; font-size: 0.92em; min-height: 1.6em; }
 .studio-ok { background: rgba(34, 160, 80, 0.12); }
 .studio-warning { background: rgba(230, 160, 20, 0.18); }
