@@ -19,12 +19,14 @@ started again; the finished delta is saved to the :class:`~studio.attributes.sto
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -226,11 +228,11 @@ class DirectionLearner:
     def _save_checkpoint(self, delta: torch.Tensor, opt, step: int) -> None:
         if self.checkpoint is None:
             return
-        os.makedirs(os.path.dirname(os.path.abspath(self.checkpoint)), exist_ok=True)
-        temp = f"{self.checkpoint}.{os.getpid()}.tmp"
-        torch.save({"delta": delta.detach().cpu(), "opt": opt.state_dict(), "step": step,
-                    "saved": time.time()}, temp)
-        os.replace(temp, self.checkpoint)
+        from studio.controllers.generate import write_atomic
+
+        buf = io.BytesIO()
+        torch.save({"delta": delta.detach().cpu(), "opt": opt.state_dict(), "step": step, "saved": time.time()}, buf)
+        write_atomic(Path(self.checkpoint), buf.getvalue())
 
     def _cancelled(self) -> None:
         self.progress.state = "cancelled"

@@ -8,9 +8,7 @@ atomically (temp + rename), so a crash never leaves a half-written direction tha
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 from pathlib import Path
 
 import torch
@@ -47,16 +45,12 @@ class DirectionStore:
 
     def save(self, model_hash: str, definition, subject: str, method: str, delta: torch.Tensor,
              extra: dict | None = None) -> Path:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from studio.controllers.generate import write_atomic
 
         path = self.path(model_hash, definition, subject, method)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"definition": json.dumps(definition.to_json()), "subject": subject, "method": method,
                 "model_hash": str(model_hash), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
-        temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        try:
-            save_file({"delta": delta.detach().float().cpu().contiguous()}, str(temp), metadata=meta)
-            os.replace(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
+        write_atomic(path, save({"delta": delta.detach().float().cpu().contiguous()}, metadata=meta))
         return path

@@ -24,6 +24,7 @@ from studio.controllers.attributes import (
 from studio.engine import GenerationRequest
 
 from .errors import USER_ERRORS, status_html, unexpected_message, user_message
+from .generate_tab import FormLimits
 
 NONE = "(none)"
 METHOD_CHOICES = [("optimization-free", "naive"), ("learned", "learned"), ("prompt weight (baseline)", "weight")]
@@ -75,13 +76,13 @@ class AttributesHandlers:
         return self.controller.definition(name)
 
     def _base(self, prompt, seed, steps, cfg) -> GenerationRequest:
-        def whole(name, value, lo, hi):
-            if value is None or isinstance(value, bool) or not float(value).is_integer() or not lo <= value <= hi:
-                raise ValueError(f"{name} must be a whole number in {lo}..{hi}, got {value!r}")
-            return int(value)
-
-        return replace(self.defaults, prompt=str(prompt or ""), seed=whole("seed", seed, 0, 2**32 - 1),
-                       steps=whole("steps", steps, 1, 150), cfg=float(cfg), batch_size=1)
+        """The form's values checked as the Generate tab checks them (a fixed seed: -1 is not allowed here)."""
+        limits = FormLimits.for_model(self.controller.model, self.defaults)
+        seed = limits.check("seed", seed)
+        if seed < 0:
+            raise ValueError("seed must be a fixed number (0 or more) so the slider moves one picture")
+        return replace(self.defaults, prompt=limits.check("prompt", prompt or ""), seed=seed,
+                       steps=limits.check("steps", steps), cfg=limits.check("cfg", cfg), batch_size=1)
 
     def _sliders(self, session, attr1, subject1, method1, value1, attr2, subject2, value2):
         sliders = [SliderSetting(self._definition(session, attr1), str(subject1 or "").strip(), float(value1),
