@@ -17,13 +17,13 @@ later run can resume from step k with changed cfg, prompts or hooks.
 from .cache import LatentCache
 from .conditioning import Conditioning, encode_prompts
 from .engine import Engine
-from .hooks import ClassicCFG, EmbeddingEdit, GuidanceCombiner, RunHooks, extra_role
+from .hooks import ClassicCFG, ComposableCFG, EmbeddingEdit, GuidanceCombiner, RunHooks, extra_role
 from .preview import LatentPreviewer, PreviewStream, PreviewThrottle
 from .request import Cancelled, CancelToken, GenerationRequest, GenerationResult, InvalidRequest, StepEvent
 from .samplers import SAMPLERS, make_scheduler
 
 __all__ = [
-    "SAMPLERS", "CancelToken", "Cancelled", "ClassicCFG", "Conditioning", "EmbeddingEdit", "Engine",
+    "SAMPLERS", "CancelToken", "Cancelled", "ClassicCFG", "ComposableCFG", "Conditioning", "EmbeddingEdit", "Engine",
     "GenerationRequest", "GenerationResult", "GuidanceCombiner", "InvalidRequest", "LatentCache", "LatentPreviewer",
     "PreviewStream", "PreviewThrottle", "RunHooks",
     "StepEvent", "encode_prompts", "extra_role", "make_scheduler",

@@ -94,4 +94,4 @@ class LatentCache:
         return c if c is not None and c.key == key else None
 
     def store_conditioning(self, cond: Conditioning) -> None:
-        self._conditioning = Conditioning({r: e.detach().to("cpu") for r, e in cond.embeds.items()}, cond.key)
+        self._conditioning = cond.to("cpu")

@@ -15,8 +15,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .cache import LatentCache
-from .conditioning import Conditioning, conditioning_key, encode_prompts, truncation_warnings
-from .hooks import ClassicCFG, RunHooks, attention_processors_installed, check_hooks, extra_role
+from .conditioning import Conditioning, conditioning_key, encode_prompts, plan_prompts, truncation_warnings
+from .hooks import ClassicCFG, ComposableCFG, RunHooks, attention_processors_installed, check_hooks, extra_role
 from .request import Cancelled, CancelToken, GenerationRequest, GenerationResult, InvalidRequest, StepEvent
 from .samplers import SAMPLERS, alpha_bar, make_scheduler, predict_x0, step_kwargs
 from .validate import validate_request
@@ -41,9 +41,10 @@ class Engine:
         """Raise :class:`InvalidRequest` if ``req`` can't run; return warnings
         (e.g. prompts truncated at the text encoder's limit)."""
         validate_request(req, self.model)
-        if hooks is not None:
-            check_hooks(hooks)
-        return truncation_warnings(self.model.tokenizer, self._prompts(req, hooks or RunHooks(), "uncond"))
+        hooks = hooks or RunHooks()
+        check_hooks(hooks)
+        prompts, _ = self._roles(req, hooks, req.steps)
+        return truncation_warnings(self.model.tokenizer, prompts, plan_prompts(prompts, req.steps))
 
     def generate(self, req: GenerationRequest, *, hooks: RunHooks | None = None, cancel: CancelToken | None = None,
                  on_step: Callable[[StepEvent], None] | None = None, cache: LatentCache | None = None,
@@ -53,9 +54,10 @@ class Engine:
         hooks = hooks or RunHooks()
         # 1. validate (before touching the model)
         warnings = self.validate(req, hooks)
-        combiner = hooks.guidance or ClassicCFG()
-        needs_uncond = getattr(combiner, "needs_uncond", lambda cfg: True)(req.cfg)
-        prompts = self._prompts(req, hooks, "uncond" if needs_uncond else None)
+        scheduler = make_scheduler(self.model.scheduler_config, req.sampler)
+        scheduler.set_timesteps(req.steps, device=self.model.device)
+        num_steps = len(scheduler.timesteps)
+        prompts, combiner = self._roles(req, hooks, num_steps)
         width, height = req.width or self.model.default_size, req.height or self.model.default_size
         seeds = [req.seed if req.shared_seed else (req.seed + i) % SEED_MODULUS for i in range(req.batch_size)]
         trajectory = (self.model.weights_hash, req.sampler, req.steps, req.seed, width, height, req.batch_size,
@@ -72,12 +74,10 @@ class Engine:
             # 2. encode prompts (once per run; reused from the cache when unchanged)
             _check(cancel)
             t0 = perf_counter()
-            cond = self._conditioning(prompts, cache)
+            cond = self._conditioning(prompts, cache, num_steps)
             timings["encode"] = self._elapsed(t0)
 
-            # 3. prepare sampler, noise and (when resuming) the recorded state
-            scheduler = make_scheduler(self.model.scheduler_config, req.sampler)
-            scheduler.set_timesteps(req.steps, device=self.model.device)
+            # 3. prepare noise and (when resuming) the recorded state
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
             latents = self._initial_noise(generators, width, height) * scheduler.init_noise_sigma
             start = 0
@@ -122,12 +122,13 @@ class Engine:
                  callbacks, cancel, cache):
         """Steps ``start..end`` of the loop; returns the final latents."""
         unet, batch = self.model.unet, req.batch_size
-        roles = list(cond.embeds)
+        roles = cond.roles
         timesteps = scheduler.timesteps
         num_steps = len(timesteps)
         extra = step_kwargs(scheduler, generators)
-        base = {r: e.expand(batch, -1, -1) for r, e in cond.embeds.items()}
-        static = None if edits else torch.cat([base[r] for r in roles])
+        static = None
+        if not edits and cond.plan.static:
+            static = torch.cat([cond.at(r, 0).expand(batch, -1, -1) for r in roles])
         for i in range(start, num_steps):
             t = timesteps[i]
             # 4a. cancel point + trajectory record
@@ -135,7 +136,7 @@ class Engine:
             if cache is not None:
                 cache.record(i, latents, scheduler, generators)
             # 4b. all conditionings in one batched UNet call
-            embeds = static if static is not None else self._edited(base, roles, edits, i, num_steps)
+            embeds = static if static is not None else self._step_embeds(cond, roles, edits, i, num_steps, batch)
             model_in = scheduler.scale_model_input(latents, t)
             out = unet(torch.cat([model_in] * len(roles)), t, encoder_hidden_states=embeds, return_dict=False)[0]
             eps = dict(zip(roles, out.chunk(len(roles))))
@@ -152,6 +153,23 @@ class Engine:
                     cb(event)
         return latents
 
+    def _roles(self, req, hooks: RunHooks, num_steps: int) -> tuple[dict[str, str], object]:
+        """The prompts of the run's roles and the combiner that turns their outputs into one prediction.
+
+        A composed prompt (AND, NOT, part weights) is guided by :class:`ComposableCFG`; it can't be combined
+        with a technique's own combiner."""
+        plan = plan_prompts(self._prompts(req, hooks, "uncond"), num_steps)
+        if plan.composed:
+            if hooks.guidance is not None:
+                raise InvalidRequest(f"this technique ({type(hooks.guidance).__name__}) guides with its own "
+                                     "combiner and takes a single prompt; remove AND / NOT / part weights from the "
+                                     "prompt", "prompt")
+            combiner = ComposableCFG(plan.part_weights)
+        else:
+            combiner = hooks.guidance or ClassicCFG()
+        needs_uncond = getattr(combiner, "needs_uncond", lambda cfg: True)(req.cfg)
+        return self._prompts(req, hooks, "uncond" if needs_uncond else None), combiner
+
     def _prompts(self, req, hooks: RunHooks, uncond_role: str | None) -> dict[str, str]:
         """Role -> prompt text. Uncond first, then cond, then the combiner's extras
         (the order of the batched UNet call; matches the pipeline's [neg, pos])."""
@@ -164,23 +182,27 @@ class Engine:
             prompts[extra_role(i)] = text
         return prompts
 
-    def _conditioning(self, prompts: dict[str, str], cache: LatentCache | None) -> Conditioning:
-        key = conditioning_key(self.model, prompts)
+    def _conditioning(self, prompts: dict[str, str], cache: LatentCache | None, num_steps: int) -> Conditioning:
+        key = conditioning_key(self.model, prompts, num_steps)
         cached = cache.conditioning(key) if cache is not None else None
         if cached is not None:
-            return Conditioning({r: e.to(self.model.device) for r, e in cached.embeds.items()}, key)
-        cond = encode_prompts(self.model, prompts)
+            return cached.to(self.model.device)
+        cond = encode_prompts(self.model, prompts, num_steps)
         if cache is not None:
             cache.store_conditioning(cond)
         return cond
 
     @staticmethod
-    def _edited(base: dict, roles: list[str], edits, step: int, num_steps: int) -> torch.Tensor:
+    def _step_embeds(cond: Conditioning, roles: list[str], edits, step: int, num_steps: int,
+                     batch: int) -> torch.Tensor:
+        """Every role's embeddings at ``step`` (its scheduled prompt, then the edits), in role order."""
         parts = []
         for role in roles:
-            e = base[role].clone()
-            for edit in edits:
-                e = edit.apply(step, num_steps, e, role)
+            e = cond.at(role, step).expand(batch, -1, -1)
+            if edits:
+                e = e.clone()
+                for edit in edits:
+                    e = edit.apply(step, num_steps, e, role)
             parts.append(e)
         return torch.cat(parts)
 

@@ -71,6 +71,29 @@ class ClassicCFG:
         return eps["uncond"] + cfg * (eps["cond"] - eps["uncond"])
 
 
+class ComposableCFG:
+    """Composable diffusion (Liu et al., "Compositional Visual Generation with Composable Diffusion Models",
+    2022): ``uncond + cfg * sum_i w_i (cond_i - uncond)`` over the prompt's AND parts.
+
+    ``weights`` maps part roles (``"cond"``, ``"cond:1"``, ...) to ``w_i``; NOT is ``w_i < 0``. Weight 1 is the
+    ordinary CFG scale, so a single part of weight 1 is exactly :class:`ClassicCFG`. All parts are evaluated in
+    the step's one batched UNet call."""
+
+    def __init__(self, weights: Mapping[str, float]):
+        self.weights = dict(weights)
+
+    def extra_prompts(self) -> list[str]:
+        return []
+
+    def needs_uncond(self, cfg: float) -> bool:
+        return True
+
+    def combine(self, step: int, eps: dict[str, torch.Tensor], cfg: float) -> torch.Tensor:
+        uncond = eps["uncond"]
+        delta = sum(w * (eps[role] - uncond) for role, w in self.weights.items())
+        return uncond + cfg * delta
+
+
 AttentionSpec = Mapping[str, object] | Callable[[dict], Mapping[str, object]]
 
 

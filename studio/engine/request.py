@@ -7,16 +7,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from studio.errors import InvalidRequest
 
-class InvalidRequest(ValueError):
-    """A request was rejected before any work started.
-
-    The message says what was wrong and what is allowed; ``field`` names the
-    request field (``None`` when it concerns the hooks or the cache)."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
+__all__ = ["Cancelled", "CancelToken", "GenerationRequest", "GenerationResult", "InvalidRequest", "StepEvent"]
 
 
 class Cancelled(Exception):
