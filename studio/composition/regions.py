@@ -1,9 +1,7 @@
 """Regional prompts: a global prompt plus boxes, each guided by its own prompt inside its feathered mask.
 
-Each region's prompt is one more conditioning in the step's batched UNet call; the region's CFG-guided
-prediction replaces the global one inside its mask (latent-space masking of the guided predictions, as in
-"latent couple" / MultiDiffusion-style regional guidance). Masks are built at the latent resolution of the run,
-so any SD-family model works.
+See :class:`RegionalGuidance` (MultiDiffusion, region-based). Crops and masks are computed at the latent
+resolution of the run from the UNet's own down-sampling, so any SD-family model works.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ MAX_FEATHER = 0.5
 class Region:
     """A box in fractions of the image (``x0 < x1``, ``y0 < y1`` in [0, 1], origin top left) and its prompt.
 
-    ``weight`` scales the region's guidance (1 = the run's CFG scale)."""
+    ``weight`` is the region's weight against the global prompt inside its box (1 = equal)."""
 
     prompt: str
     x0: float
@@ -65,15 +63,18 @@ def check_regions(regions: Sequence[Region], feather: float) -> None:
 
 def region_masks(regions: Sequence[Region], height: int, width: int, feather: float = 0.0) -> torch.Tensor:
     """``(R, 1, height, width)`` masks in [0, 1]: 1 inside each box, 0 outside, and a linear ramp of total width
-    ``feather`` (a fraction of the image's shorter side) centred on the box edge."""
+    ``feather`` (a fraction of the image's shorter side) centred on each box edge inside the image."""
     ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height
     xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width
     ramp = feather * min(height, width) / max(height, width) if feather > 0 else 0.0
     masks = []
     for r in regions:
-        # signed distance to the box edge, positive inside, in fractions of each axis
-        dx = torch.minimum(xs - r.x0, r.x1 - xs)[None, :]
-        dy = torch.minimum(ys - r.y0, r.y1 - ys)[:, None]
+        # signed distance to the box edge, positive inside, in fractions of each axis; an edge on the image
+        # border does not fade (nothing lies beyond it)
+        far = torch.full_like(xs, float("inf"))
+        dx = torch.minimum(xs - r.x0 if r.x0 > 0 else far, r.x1 - xs if r.x1 < 1 else far)[None, :]
+        far = torch.full_like(ys, float("inf"))
+        dy = torch.minimum(ys - r.y0 if r.y0 > 0 else far, r.y1 - ys if r.y1 < 1 else far)[:, None]
         inside = torch.minimum(dx.expand(height, width), dy.expand(height, width))
         mask = (inside > 0).float() if ramp == 0 else (inside / ramp + 0.5).clamp(0, 1)
         masks.append(mask[None])
@@ -81,40 +82,76 @@ def region_masks(regions: Sequence[Region], height: int, width: int, feather: fl
 
 
 class RegionalGuidance:
-    """Guidance combiner for regional prompts.
+    """Regional prompts by MultiDiffusion (Bar-Tal et al., "MultiDiffusion: Fusing Diffusion Paths for
+    Controlled Image Generation", 2023), region-based variant.
 
-    ``global = u + cfg (c - u)``; region k: ``g_k = u + cfg w_k (e_k - u)``; the result is
-    ``(1 - min(1, S)) global + sum_k m_k / max(1, S) g_k`` with ``S = sum_k m_k`` (overlapping boxes share)."""
+    Every step the global prompt's CFG prediction covers the whole image (from the engine's batched call); each
+    region's prompt is evaluated, with CFG, on the latent crop around its box (the box grown by half the feather
+    and snapped to the UNet's multiple), so the region's content is drawn *inside* its box as a scene of its own.
+    The step's prediction is the per-pixel weighted average of the global prediction (weight 1) and the regions'
+    (weight ``w_k * m_k``, ``m_k`` the feathered box mask). Crops of equal size share one UNet call (uncond and
+    region rows batched), so two half-image regions cost one extra call per step on half-size inputs, twice.
 
-    def __init__(self, regions: Sequence[Region], feather: float = 0.0):
+    ``embeds`` are the region prompts' encodings ``(R, tokens, dim)``; ``multiple`` is the latent side
+    multiple the UNet needs (2 ** down-sampling levels)."""
+
+    def __init__(self, regions: Sequence[Region], embeds: torch.Tensor, feather: float = 0.0, multiple: int = 8):
+        if len(regions) != len(embeds):
+            raise InvalidRequest(f"{len(regions)} regions but {len(embeds)} region encodings", "regions")
         self.regions = tuple(regions)
+        self.embeds = embeds
         self.feather = float(feather)
+        self.multiple = int(multiple)
         self._masks: torch.Tensor | None = None
 
     def extra_prompts(self) -> list[str]:
-        return [r.prompt for r in self.regions]
+        return []
 
     def needs_uncond(self, cfg: float) -> bool:
         return True
+
+    def combine(self, step: int, eps: dict[str, torch.Tensor], cfg: float) -> torch.Tensor:
+        raise InvalidRequest("regional prompts evaluate crops: they need an engine that calls combine_step")
+
+    def crop(self, region: Region, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(y0, y1, x0, x1)`` in latent pixels: the box plus half the feather, snapped out to the multiple."""
+        m, pad = self.multiple, self.feather * min(height, width) / 2
+        y0 = max(0, math.floor((region.y0 * height - pad) / m) * m)
+        y1 = min(height, math.ceil((region.y1 * height + pad) / m) * m)
+        x0 = max(0, math.floor((region.x0 * width - pad) / m) * m)
+        x1 = min(width, math.ceil((region.x1 * width + pad) / m) * m)
+        return y0, max(y1, y0 + m), x0, max(x1, x0 + m)
 
     def masks(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
         if self._masks is None or self._masks.shape[-2:] != (height, width):
             self._masks = region_masks(self.regions, height, width, self.feather)
         return self._masks.to(device=like.device, dtype=like.dtype)
 
-    def combine(self, step: int, eps: dict[str, torch.Tensor], cfg: float) -> torch.Tensor:
-        uncond = eps["uncond"]
-        guided = uncond + cfg * (eps["cond"] - uncond)
+    def combine_step(self, ctx) -> torch.Tensor:
+        uncond = ctx.eps["uncond"]
+        guided = uncond + ctx.cfg * (ctx.eps["cond"] - uncond)
         if not self.regions:
             return guided
-        masks = self.masks(*uncond.shape[-2:], like=uncond)  # (R, 1, h, w)
-        total = masks.sum(0)
-        out = guided * (1 - total.clamp(max=1))
-        share = masks / total.clamp(min=1)
+        batch, _, height, width = uncond.shape
+        weights = self.masks(height, width, uncond) * torch.tensor(
+            [r.weight for r in self.regions], dtype=uncond.dtype, device=uncond.device)[:, None, None, None]
+        total = guided.clone()
+        # 1. group regions by crop size: one UNet call per group
+        groups: dict[tuple[int, int], list[tuple[int, tuple]]] = {}
         for k, region in enumerate(self.regions):
-            g_k = uncond + cfg * region.weight * (eps[f"extra:{k}"] - uncond)
-            out = out + share[k] * g_k
-        return out
+            box = self.crop(region, height, width)
+            groups.setdefault((box[1] - box[0], box[3] - box[2]), []).append((k, box))
+        for members in groups.values():
+            x = torch.cat([ctx.model_input[..., y0:y1, x0:x1] for _, (y0, y1, x0, x1) in members])
+            e_u = ctx.embeds["uncond"].repeat(len(members), 1, 1)
+            e_r = torch.cat([self.embeds[k:k + 1].to(e_u).expand(batch, -1, -1) for k, _ in members])
+            out_u, out_r = ctx.denoise(torch.cat([x, x]), torch.cat([e_u, e_r])).chunk(2)
+            # 2. each region's CFG prediction, pasted into its crop, weighted by its mask
+            for j, (k, (y0, y1, x0, x1)) in enumerate(members):
+                u_k, r_k = out_u[j * batch:(j + 1) * batch], out_r[j * batch:(j + 1) * batch]
+                w = weights[k, :, y0:y1, x0:x1]
+                total[..., y0:y1, x0:x1] += w * (u_k + ctx.cfg * (r_k - u_k))
+        return total / (1 + weights.sum(0))
 
 
 def load_regions(path: str | Path) -> tuple[tuple[Region, ...], float, str | None]:

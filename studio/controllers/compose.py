@@ -194,7 +194,11 @@ class CompositionController:
             texts = [next(s.prompt for s in request.stages if s.first <= k <= s.last) for k in assigned]
             encoded = encode_texts(self.model, texts)
             edits.append(StagePrompts(step_stages, {k: encoded[i:i + 1] for i, k in enumerate(assigned)}))
-        guidance = RegionalGuidance(request.regions, request.feather) if request.regions else None
+        guidance = None
+        if request.regions:
+            embeds = encode_texts(self.model, [r.prompt for r in request.regions])
+            multiple = 2 ** (len(self.model.unet.config.block_out_channels) - 1)
+            guidance = RegionalGuidance(request.regions, embeds, request.feather, multiple)
         return RunHooks(embedding_edits=edits, guidance=guidance)
 
     def step_stages(self, base: GenerationRequest) -> list[int]:

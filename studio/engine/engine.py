@@ -16,7 +16,7 @@ from PIL import Image
 
 from .cache import LatentCache
 from .conditioning import Conditioning, conditioning_key, encode_prompts, plan_prompts, truncation_warnings
-from .hooks import ClassicCFG, ComposableCFG, RunHooks, attention_processors_installed, check_hooks, extra_role
+from .hooks import ClassicCFG, ComposableCFG, RunHooks, StepContext, attention_processors_installed, check_hooks, extra_role
 from .request import Cancelled, CancelToken, GenerationRequest, GenerationResult, InvalidRequest, StepEvent
 from .samplers import SAMPLERS, alpha_bar, make_scheduler, predict_x0, step_kwargs
 from .validate import validate_request
@@ -141,7 +141,13 @@ class Engine:
             out = unet(torch.cat([model_in] * len(roles)), t, encoder_hidden_states=embeds, return_dict=False)[0]
             eps = dict(zip(roles, out.chunk(len(roles))))
             # 4c. guidance and sampler step
-            guided = combiner.combine(i, eps, req.cfg)
+            if hasattr(combiner, "combine_step"):  # a combiner that evaluates the UNet again (e.g. on crops)
+                guided = combiner.combine_step(StepContext(
+                    step=i, num_steps=num_steps, timestep=t, model_input=model_in, eps=eps, cfg=req.cfg,
+                    embeds=dict(zip(roles, embeds.chunk(len(roles)))),
+                    denoise=lambda x, e, t=t: unet(x, t, encoder_hidden_states=e, return_dict=False)[0]))
+            else:
+                guided = combiner.combine(i, eps, req.cfg)
             x_t = latents
             latents = scheduler.step(guided, t, latents, **extra, return_dict=False)[0]
             # 4d. observers (x0 is only computed when someone looks)

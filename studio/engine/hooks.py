@@ -45,11 +45,29 @@ class GuidanceCombiner(Protocol):
     encoded with the others and evaluated in the same batched UNet call.
     ``combine`` gets ``{"uncond", "cond", "extra:0", ...}`` -> UNet output
     (epsilon or v, as the model predicts) and returns the guided output.
-    Optional ``needs_uncond(cfg) -> bool`` lets a combiner skip the uncond pass."""
+    Optional ``needs_uncond(cfg) -> bool`` lets a combiner skip the uncond pass. A combiner that defines
+    ``combine_step(ctx: StepContext)`` is called with that instead of ``combine`` (it may run the UNet again)."""
 
     def extra_prompts(self) -> list[str]: ...
 
     def combine(self, step: int, eps: dict[str, torch.Tensor], cfg: float) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a combiner with ``combine_step(ctx)`` sees instead of ``combine``'s arguments: the step's scaled
+    model input ``(batch, C, h, w)``, every role's embeddings ``(batch, tokens, dim)`` and UNet output, and
+    ``denoise(x, embeds)``, one more UNet evaluation at this step's timestep (for techniques that evaluate
+    crops or other inputs, e.g. MultiDiffusion-style regions). Extra evaluations are the technique's cost."""
+
+    step: int
+    num_steps: int
+    timestep: object
+    model_input: torch.Tensor
+    eps: dict
+    cfg: float
+    embeds: dict
+    denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class ClassicCFG:

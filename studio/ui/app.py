@@ -17,6 +17,7 @@ import gradio as gr
 from studio.presets import PresetError, load_presets
 
 from .attributes_tab import AttributesHandlers, AttributesSession, build_attributes_tab
+from .composition_tab import CompositionHandlers, CompositionSession, build_composition_tab
 from .generate_tab import GenerateHandlers, build_generate_tab
 from .history_tab import GENERATE_TAB_ID, HISTORY_TAB_ID, HistoryHandlers, build_history_tab
 from .session import SessionState
@@ -29,6 +30,11 @@ CSS = """
 #preview img, #history_image img { width: 100%; height: 100%; object-fit: contain; }
 #attr_image img, #attr_zero img, #attr_filmstrip img { image-rendering: pixelated; }
 #attr_image img, #attr_zero img { width: 100%; height: 100%; object-fit: contain; }
+#compose_image img, #compose_mono img, #blend_gallery img { image-rendering: pixelated; }
+#compose_image img, #compose_mono img { width: 100%; height: 100%; object-fit: contain; }
+.studio-timeline { display: flex; gap: 2px; margin-bottom: 4px; }
+.studio-stage { flex: 1; color: white; border-radius: 4px; padding: 3px; font-size: 0.8em; overflow: hidden;
+                text-align: center; min-height: 4.5em; }
 .studio-status { padding: 6px 10px; border-radius: 6px; font-size: 0.92em; min-height: 1.6em; }
 .studio-ok { background: rgba(34, 160, 80, 0.12); }
 .studio-warning { background: rgba(230, 160, 20, 0.18); }
@@ -68,6 +74,10 @@ def build_app(model, outputs_dir, *, examples_path=None, controller=None, store=
     attributes_handlers = AttributesHandlers(AttributesController(model, store,
                                                                   directions_root=Path(outputs_dir) / "directions"))
 
+    from studio.controllers.compose import CompositionController
+
+    composition_handlers = CompositionHandlers(CompositionController(model, generator=controller))
+
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         state = gr.State(SessionState(), delete_callback=SessionState.close)
         name = getattr(model, "name", "model")
@@ -80,6 +90,9 @@ def build_app(model, outputs_dir, *, examples_path=None, controller=None, store=
             with gr.Tab("Attributes", id="attributes", elem_id="tab_attributes"):
                 attributes_state = gr.State(AttributesSession(), delete_callback=AttributesSession.close)
                 build_attributes_tab(attributes_handlers, attributes_state)
+            with gr.Tab("Composition", id="composition", elem_id="tab_composition"):
+                composition_state = gr.State(CompositionSession(), delete_callback=CompositionSession.close)
+                build_composition_tab(composition_handlers, composition_state)
             with gr.Tab("History", id=HISTORY_TAB_ID, elem_id="tab_history") as history_tab:
                 build_history_tab(history_handlers, state, generate_tab, tabs, history_tab)
     demo.queue(default_concurrency_limit=1, max_size=64)
