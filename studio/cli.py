@@ -106,6 +106,9 @@ class GenerateCommand:
     history: Path | None
     as_json: bool
     verbose: bool
+    regions: tuple = ()  # studio.composition.Region, from --regions FILE
+    feather: float = 0.05
+    stages: tuple = ()  # studio.composition.StagePrompt, from --stages FILE
 
     @property
     def image_count(self) -> int:
@@ -113,12 +116,14 @@ class GenerateCommand:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GenerateCommand:
-        # 1. prompts: exactly one source
+        # 1. composition files (their "prompt" is the default prompt), then prompts: exactly one source
+        regions, feather, stages, file_prompt = read_composition_files(args.regions, args.stages)
         if args.prompt is not None and args.prompts_file is not None:
             raise UsageError("--prompt and --prompts-file are mutually exclusive; give one prompt or one file")
-        if args.prompt is None and args.prompts_file is None:
+        if args.prompt is None and args.prompts_file is None and file_prompt is None:
             raise UsageError("a prompt is required: --prompt TEXT or --prompts-file FILE (one prompt per line)")
-        prompts = (args.prompt,) if args.prompt is not None else read_prompts_file(args.prompts_file)
+        prompts = (args.prompt,) if args.prompt is not None else read_prompts_file(args.prompts_file) \
+            if args.prompts_file is not None else (file_prompt,)
         # 2. seeds
         if args.seed is not None and args.seeds is not None:
             raise UsageError("--seed and --seeds are mutually exclusive; give one seed (--seed 5) "
@@ -153,7 +158,7 @@ class GenerateCommand:
                   out=Path(args.out) if args.out is not None else None,
                   out_dir=Path(args.out_dir) if args.out_dir is not None else None,
                   history=Path(args.history) if args.history is not None else None,
-                  as_json=args.json, verbose=args.verbose)
+                  as_json=args.json, verbose=args.verbose, regions=regions, feather=feather, stages=stages)
         if cmd.out is not None:
             if cmd.image_count != 1:
                 raise UsageError(f"--out FILE takes exactly one image but this makes {cmd.image_count} "
@@ -169,6 +174,25 @@ class GenerateCommand:
         if cmd.image_count > MAX_IMAGES:
             raise UsageError(f"this would make {cmd.image_count} images; at most {MAX_IMAGES} per command")
         return cmd
+
+
+def read_composition_files(regions_path: str | None, stages_path: str | None):
+    """``(regions, feather, stages, prompt)`` from ``--regions`` / ``--stages`` files (schemas in the README)."""
+    if regions_path is None and stages_path is None:
+        return (), 0.05, (), None
+    from studio.composition import load_regions, load_stages
+    from studio.engine import InvalidRequest
+
+    regions, feather, stages, prompt = (), 0.05, (), None
+    try:
+        if regions_path is not None:
+            regions, feather, prompt = load_regions(regions_path)
+        if stages_path is not None:
+            stages, stage_prompt = load_stages(stages_path)
+            prompt = prompt if prompt is not None else stage_prompt
+    except InvalidRequest as e:
+        raise UsageError(str(e)) from None
+    return regions, feather, stages, prompt
 
 
 def read_prompts_file(path: str) -> tuple[str, ...]:
@@ -234,6 +258,13 @@ def add_generate_parser(sub) -> None:
     what.add_argument("--prompt", help="the prompt")
     what.add_argument("--prompts-file", metavar="FILE",
                       help="text file, one prompt per line (blank lines and lines starting with # are skipped)")
+    what.add_argument("--regions", metavar="FILE.json",
+                      help='regional prompts: {"prompt": optional global prompt, "feather": 0.05, "regions": '
+                           '[{"prompt": "...", "box": [x0, y0, x1, y1], "weight": 1}]} (box in fractions, origin '
+                           'top left)')
+    what.add_argument("--stages", metavar="FILE.json",
+                      help='per-stage prompts: {"prompt": optional, "stages": [{"from": 1, "to": 3, "prompt": '
+                           '"..."}]} (10 stages in sampling order: 1 = first, noisiest steps)')
     what.add_argument("--negative", metavar="TEXT", help="negative prompt (default: the model's, usually empty)")
     what.add_argument("--seed", type=int, metavar="S", help="seed; -1 = random (default)")
     what.add_argument("--seeds", metavar="A-B", help="inclusive seed range A-B, or a list like 1,5,10-12")
@@ -290,9 +321,15 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
         base = replace(base, batch_size=cmd.batch, **overrides)
         jobs = [(i, replace(base, prompt=prompt, seed=controller.prepare(replace(base, seed=seed)).seed))
                 for i, prompt in enumerate(cmd.prompts) for seed in cmd.seeds]
+        from studio.controllers.compose import CompositionController, CompositionRequest
+
+        composer = CompositionController(model, generator=controller)
         try:
             for _, request in jobs:
                 controller.validate(request)
+                if cmd.regions or cmd.stages:
+                    composer.prepare(CompositionRequest(request, regions=cmd.regions, feather=cmd.feather,
+                                                        stages=cmd.stages))
         except InvalidRequest as e:
             raise UsageError(f"{e} (model {cmd.model})") from None
         _check_unique_names(jobs)
@@ -312,13 +349,22 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
                 def path_for(settings, index=index, target=target):
                     return target or cmd.out_dir / NAME_PATTERN.format(prompt_index=index, seed=settings.seed)
 
-                outcome = controller.with_store(FileSaver(path_for, history=history)).run(request)
+                saver = FileSaver(path_for, history=history)
+                if cmd.regions or cmd.stages:
+                    outcome = composer.with_store(saver).compose(
+                        CompositionRequest(request, regions=cmd.regions, feather=cmd.feather, stages=cmd.stages),
+                        save=True)
+                    paths = [getattr(s, "path", s) for s in outcome.saved]
+                    seeds = [request.seed + i for i in range(request.batch_size)]
+                else:
+                    outcome = controller.with_store(saver).run(request)
+                    paths, seeds = outcome.paths, outcome.seeds
                 for w in outcome.warnings:
                     if w not in warned:
                         warned.append(w)
                         if not cmd.as_json:
                             print(f"warning: {w}", file=ctx.stderr)
-                for seed, path in zip(outcome.seeds, outcome.paths):
+                for seed, path in zip(seeds, paths):
                     images.append({"path": str(path), "prompt_index": index, "prompt": request.prompt,
                                    "seed": seed, "timings": _rounded(outcome.timings)})
                     if not cmd.as_json:

@@ -78,7 +78,8 @@ def test_syntax_errors_point_at_the_column(text, column, words):
         parse(text)
     assert info.value.column == column and words in str(info.value)
     assert info.value.field == "prompt" and isinstance(info.value, InvalidRequest)
-    assert str(info.value).splitlines()[-1] == "  " + " " * (column - 1) + "^"  # the caret under the column
+    assert info.value.pointer.splitlines() == [text, " " * (column - 1) + "^"]  # the caret under the column
+    assert "\n" not in str(info.value)  # one line for the CLI and the status bar
 
 
 PLAIN_ALPHABET = st.characters(blacklist_characters="()[]:|\\", blacklist_categories=("Cs",))

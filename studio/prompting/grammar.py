@@ -35,10 +35,11 @@ class PromptSyntaxError(InvalidRequest):
     """A prompt that doesn't parse. ``column`` is 1-based in the text as typed."""
 
     def __init__(self, message: str, text: str, column: int, field: str | None = "prompt"):
-        pointer = f"\n  {text}\n  {' ' * (column - 1)}^"
-        super().__init__(f"prompt syntax error at column {column}: {message}{pointer}", field)
+        near = text[column - 1:column + 24]
+        super().__init__(f"prompt syntax error at column {column} (at {near!r}): {message}", field)
         self.column = column
         self.reason = message
+        self.pointer = f"{text}\n{' ' * (column - 1)}^"  # for displays that keep line breaks
 
 
 # --------------------------------------------------------------------------- nodes
