@@ -325,3 +325,59 @@ def test_attribute_slider_in_the_browser(studio, browser):
         assert "Traceback" not in page.inner_text("body")
     finally:
         context.close()
+
+
+def test_composition_in_the_browser(studio, browser):
+    """Compose two weighted parts (composed beside monolithic at the same seed), then draw a region on the
+    canvas, use it as region 1's box and compose with regions."""
+    url, _ = studio
+    context, page = open_studio(browser, url)
+    try:
+        page.get_by_role("tab", name="Composition").click()
+        page.wait_for_selector("#compose_part1 textarea", state="visible")
+        set_number(page, "compose_steps", 8)
+
+        # 1. two parts, the second weighted: the composed prompt follows the slider
+        set_number(page, "compose_weight2", 1.5)
+        wait_until(lambda: page.input_value("#compose_prompt textarea") == "a red circle AND a blue square :1.5",
+                   30, "the composed prompt")
+        page.click("#compose_run")
+        wait_until(lambda: "composed:" in page.inner_text("#compose_status"), RUN_TIMEOUT, "the composed run")
+        assert "monolithic: a red circle and a blue square" in page.inner_text("#compose_status")
+        composed = fetch_image(page, image_src(page, "compose_image"))
+        mono = fetch_image(page, image_src(page, "compose_mono"))
+        assert composed.size == mono.size == (64, 64)
+
+        # 2. a region drawn on the canvas becomes region 1's box
+        page.get_by_text("Regions", exact=True).click()
+        page.locator("#compose_use_regions input[type=checkbox]").check()
+        page.fill("#compose_part1 textarea", "a gray background")
+        page.fill("#compose_part2 textarea", "")
+        page.fill("#compose_region1 textarea", "a red circle")
+        page.fill("#compose_region2 textarea", "a blue square")
+        page.locator("#compose_canvas button[aria-label='Brush']").first.click()
+        canvas = page.locator("#compose_canvas canvas").first
+        box = canvas.bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(cx - 60, cy - 60)
+        page.mouse.down()
+        for k in range(1, 9):
+            page.mouse.move(cx - 60 + 5 * k, cy - 60 + 15 * k)
+            time.sleep(0.05)
+        page.mouse.up()
+        before = page.input_value("#compose_region1_box textarea")
+        page.click("#compose_use_drawing")
+        wait_until(lambda: "from the drawing" in page.inner_text("#compose_status"), 30, "the drawn box")
+        drawn = page.input_value("#compose_region1_box textarea")
+        x0, y0, x1, y1 = (float(v) for v in drawn.split(","))
+        assert drawn != before and 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+        page.click("#compose_run")
+        wait_until(lambda: "composed: a gray background" in page.inner_text("#compose_status"), RUN_TIMEOUT,
+                   "the regional run")
+        assert "a red circle and a blue square" in page.inner_text("#compose_status")
+        assert "Traceback" not in page.inner_text("body")
+        if os.environ.get("STUDIO_UPDATE_SCREENSHOT") == "1":
+            page.mouse.move(0, 0)
+            page.screenshot(path=str(ROOT / "docs" / "composition.png"), full_page=True)
+    finally:
+        context.close()
