@@ -188,6 +188,17 @@ def test_stacked_sliders_on_two_subjects(controller):
     assert np.abs(pixels(one) - pixels(two)).mean() > 0.5
 
 
+def test_sliders_read_the_prompt_language(controller):
+    """Emphasis keeps the subject's tokens where they were; AND and prompt editing are refused clearly."""
+    emphasised = replace(BASE, prompt="a medium red (circle:1.1) and a medium blue square on a black background")
+    out = controller.render(AttributeRequest(emphasised, (SliderSetting("size", "circle", 1.5),))).images[0]
+    plain = controller.render(AttributeRequest(emphasised, (SliderSetting("size", "circle", 0.0),))).images[0]
+    assert np.abs(pixels(out) - pixels(plain)).mean() > 1.0
+    for prompt in ("a circle AND a square", "a [red:blue:0.5] circle"):
+        with pytest.raises(InvalidRequest, match="sliders edit one prompt"):
+            controller.render(AttributeRequest(replace(BASE, prompt=prompt), (SliderSetting("size", "circle", 1),)))
+
+
 def test_weight_baseline(controller, tinyworld):
     plain = controller.generator.with_store(None).run(BASE).images[0]
     zero = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 0.0, "weight"),))).images[0]

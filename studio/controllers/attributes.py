@@ -47,6 +47,7 @@ from studio.attributes.directions import (
 from studio.attributes.learning import DirectionLearner, LearnSettings
 from studio.attributes.store import DirectionStore
 from studio.engine import CancelToken, GenerationRequest, InvalidRequest, LatentCache, RunHooks
+from studio.prompting import parse, plain_text, schedule
 
 from .generate import GenerateController, PreviewCallback, PreviewConfig, ProgressCallback, Saver
 
@@ -329,7 +330,7 @@ class AttributesController:
         self.generator.engine.validate(base)
         for s in request.sliders:
             self._check_value(s)
-            subject_token_indices(self.model.tokenizer, base.prompt, s.subject)
+            subject_token_indices(self.model.tokenizer, slider_text(base.prompt), s.subject)
         return base
 
     def _check_value(self, s: SliderSetting) -> None:
@@ -351,14 +352,14 @@ class AttributesController:
             definition = self.definition(slider.attribute)
             subject = _check_subject_word(slider.subject)
             if slider.method == "weight":
-                per_image = torch.cat([emphasis_embeddings(self.model, base.prompt, subject, definition.positive,
+                per_image = torch.cat([emphasis_embeddings(self.model, slider_text(base.prompt), subject, definition.positive,
                                                            definition.negative, v, definition.range) for v in values])
                 edits.append(ReplaceCondEmbeddings(per_image, start))
                 continue
             if all(v == 0 for v in values):
                 continue
             delta = self.direction(definition, subject, slider.method)
-            indices = subject_token_indices(self.model.tokenizer, base.prompt, subject)
+            indices = subject_token_indices(self.model.tokenizer, slider_text(base.prompt), subject)
             shifts.append(SubjectShift(indices, delta, tuple(values)))
         if shifts:
             edits.append(SubjectDirections(shifts, start))
@@ -369,6 +370,17 @@ class AttributesController:
         if sweep is not None:
             data["attributes"]["sweep"] = sweep
         return data
+
+
+def slider_text(prompt: str) -> str:
+    """The text whose tokens a slider edits: the prompt as read, emphasis kept out of it (emphasis scales
+    embeddings, it does not move tokens). Sliders edit one prompt, so AND and prompt editing are refused."""
+    parsed = parse(prompt)
+    steps = set(schedule(parsed.parts[0], 2)) if len(parsed.parts) == 1 else set()
+    if parsed.is_composed or len(steps) != 1:
+        raise InvalidRequest("sliders edit one prompt: remove AND / NOT / part weights and [from:to:when] / [a|b] "
+                             "from it (emphasis like (word:1.2) is fine)", "prompt")
+    return plain_text(steps.pop())
 
 
 def _check_subject_word(subject: str) -> str:
