@@ -241,3 +241,12 @@ def test_box_from_drawing_and_parse_box():
     assert parse_box("0, 0.5; 1, 1", "region 1") == (0.0, 0.5, 1.0, 1.0)
     with pytest.raises(ValueError, match="four fractions"):
         parse_box("1, 2", "region 1")
+
+
+def test_shipped_composition_presets_validate():
+    from studio.models import repo_root
+
+    regions, feather, prompt = load_regions(repo_root() / "presets/composition/regions-left-right.json")
+    assert len(regions) == 2 and feather == 0.05 and prompt == ""
+    stages, prompt = load_stages(repo_root() / "presets/composition/stages-layout-colour.json")
+    assert stages == (StagePrompt("a circle at the top left", 1, 3),) and prompt == "a blue circle"
