@@ -38,7 +38,7 @@ from studio.controllers.compose import CompositionController, CompositionRequest
 from studio.engine import Engine, GenerationRequest  # noqa: E402
 from studio.models import load_model  # noqa: E402
 from studio.tinyworld.analyzer import analyze  # noqa: E402
-from studio.tinyworld.vocab import COLUMNS, ROWS, position_cell, position_phrase  # noqa: E402
+from studio.tinyworld.vocab import COLUMNS, ROWS, position_phrase  # noqa: E402
 
 COLOURS = ["red", "orange", "yellow", "green", "blue", "purple"]
 SHAPES = ["circle", "square", "triangle"]

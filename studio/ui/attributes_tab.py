@@ -78,11 +78,8 @@ class AttributesHandlers:
     def _base(self, prompt, seed, steps, cfg) -> GenerationRequest:
         """The form's values checked as the Generate tab checks them (a fixed seed: -1 is not allowed here)."""
         limits = FormLimits.for_model(self.controller.model, self.defaults)
-        seed = limits.check("seed", seed)
-        if seed < 0:
-            raise ValueError("seed must be a fixed number (0 or more) so the slider moves one picture")
-        return replace(self.defaults, prompt=limits.check("prompt", prompt or ""), seed=seed,
-                       steps=limits.check("steps", steps), cfg=limits.check("cfg", cfg), batch_size=1)
+        return limits.fixed_seed_request(self.defaults, why="the slider moves one picture", seed=seed, steps=steps,
+                                         cfg=cfg, prompt=prompt)
 
     def _sliders(self, session, attr1, subject1, method1, value1, attr2, subject2, value2):
         sliders = [SliderSetting(self._definition(session, attr1), str(subject1 or "").strip(), float(value1),

@@ -104,11 +104,8 @@ class CompositionHandlers:
 
     def _base(self, negative, seed, steps, cfg) -> GenerationRequest:
         limits = FormLimits.for_model(self.controller.model, self.defaults)
-        seed = limits.check("seed", seed)
-        if seed < 0:
-            raise ValueError("seed must be a fixed number (0 or more) so composed and monolithic share the noise")
-        return replace(self.defaults, negative_prompt=limits.check("negative_prompt", negative or ""), seed=seed,
-                       steps=limits.check("steps", steps), cfg=limits.check("cfg", cfg), batch_size=1)
+        return limits.fixed_seed_request(self.defaults, why="composed and monolithic share the noise", seed=seed,
+                                         steps=steps, cfg=cfg, negative_prompt=negative)
 
     @staticmethod
     def _parts(values: list) -> tuple[PromptPart, ...]:

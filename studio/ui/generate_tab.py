@@ -102,6 +102,18 @@ class FormLimits:
             raise ValueError(f"{name} must be a whole number in {lo}..{hi}{note}, got {number}")
         return number
 
+    def fixed_seed_request(self, defaults: GenerationRequest, *, why: str, seed: Any, steps: Any, cfg: Any,
+                           **texts: Any) -> GenerationRequest:
+        """``defaults`` with the form's seed, steps, cfg and texts (prompt, negative_prompt) checked, batch 1.
+
+        For workbenches that compare pictures of one noise: the seed must be fixed; ``why`` says why."""
+        number = self.check("seed", seed)
+        if number < 0:
+            raise ValueError(f"seed must be a fixed number (0 or more) so {why}")
+        checked = {name: self.check(name, value or "") for name, value in texts.items()}
+        return replace(defaults, seed=number, steps=self.check("steps", steps), cfg=self.check("cfg", cfg),
+                       batch_size=1, **checked)
+
 
 def _number(name: str, value: Any) -> float:
     if value is None or (isinstance(value, str) and not value.strip()):
