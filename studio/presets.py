@@ -119,6 +119,19 @@ def _text(limit: int, *, non_empty: bool = False):
     return check
 
 
+def _prompt_text(*, allow_and: bool):
+    """Text that parses in the prompt language (see :mod:`studio.prompting`)."""
+    length = _text(MAX_PROMPT_CHARS)
+
+    def check(value: Any) -> str:
+        from studio.prompting import parse
+
+        text = length(value)
+        parse(text, allow_and=allow_and)  # PromptSyntaxError is a ValueError: its message names the column
+        return text
+    return check
+
+
 def _sampler(value: Any) -> str:
     if value not in SAMPLERS:
         raise ValueError(f"unknown sampler {value!r}; allowed: {', '.join(SAMPLERS)}")
@@ -127,8 +140,8 @@ def _sampler(value: Any) -> str:
 
 _CHECKS = {
     "name": _text(MAX_NAME, non_empty=True),
-    "prompt": _text(MAX_PROMPT_CHARS),
-    "negative_prompt": _text(MAX_PROMPT_CHARS),
+    "prompt": _prompt_text(allow_and=True),
+    "negative_prompt": _prompt_text(allow_and=False),
     "sampler": _sampler,
     "steps": _int_in(1, MAX_STEPS),
     "cfg": _cfg,

@@ -22,6 +22,13 @@ def good(**overrides):
     return item
 
 
+def test_prompts_must_parse_in_the_prompt_language(tmp_path):
+    bad = {**good(), "prompt": "a (red circle"}
+    with pytest.raises(PresetError, match="column 3") as info:
+        load_presets(write(tmp_path, {"version": 1, "examples": [bad]}))
+    assert info.value.field == "examples[0].prompt"
+
+
 def test_shipped_examples_load_and_are_tiny_world_prompts():
     presets = load_presets()
     assert default_examples_path().is_file()
