@@ -16,7 +16,9 @@ from PIL import Image
 
 from .cache import LatentCache
 from .conditioning import Conditioning, conditioning_key, encode_prompts, plan_prompts, truncation_warnings
-from .hooks import ClassicCFG, ComposableCFG, RunHooks, StepContext, attention_processors_installed, check_hooks, extra_role
+from .hooks import (
+    ClassicCFG, ComposableCFG, RunHooks, StepContext, attention_processors_installed, check_hooks, extra_role,
+)
 from .request import Cancelled, CancelToken, GenerationRequest, GenerationResult, InvalidRequest, StepEvent
 from .samplers import SAMPLERS, alpha_bar, make_scheduler, predict_x0, step_kwargs
 from .validate import validate_request
@@ -43,8 +45,8 @@ class Engine:
         validate_request(req, self.model)
         hooks = hooks or RunHooks()
         check_hooks(hooks)
-        prompts, _ = self._roles(req, hooks, req.steps)
-        return truncation_warnings(self.model.tokenizer, prompts, plan_prompts(prompts, req.steps))
+        prompts, _, plan = self._roles(req, hooks, req.steps)
+        return truncation_warnings(self.model.tokenizer, prompts, plan)
 
     def generate(self, req: GenerationRequest, *, hooks: RunHooks | None = None, cancel: CancelToken | None = None,
                  on_step: Callable[[StepEvent], None] | None = None, cache: LatentCache | None = None,
@@ -57,7 +59,7 @@ class Engine:
         scheduler = make_scheduler(self.model.scheduler_config, req.sampler)
         scheduler.set_timesteps(req.steps, device=self.model.device)
         num_steps = len(scheduler.timesteps)
-        prompts, combiner = self._roles(req, hooks, num_steps)
+        prompts, combiner, _ = self._roles(req, hooks, num_steps)
         width, height = req.width or self.model.default_size, req.height or self.model.default_size
         seeds = [req.seed if req.shared_seed else (req.seed + i) % SEED_MODULUS for i in range(req.batch_size)]
         trajectory = (self.model.weights_hash, req.sampler, req.steps, req.seed, width, height, req.batch_size,
@@ -159,8 +161,9 @@ class Engine:
                     cb(event)
         return latents
 
-    def _roles(self, req, hooks: RunHooks, num_steps: int) -> tuple[dict[str, str], object]:
-        """The prompts of the run's roles and the combiner that turns their outputs into one prediction.
+    def _roles(self, req, hooks: RunHooks, num_steps: int) -> tuple[dict[str, str], object, object]:
+        """The prompts of the run's roles, the combiner that turns their outputs into one prediction, and the
+        parsed plan (with an uncond role, for messages).
 
         A composed prompt (AND, NOT, part weights) is guided by :class:`ComposableCFG`; it can't be combined
         with a technique's own combiner."""
@@ -174,7 +177,7 @@ class Engine:
         else:
             combiner = hooks.guidance or ClassicCFG()
         needs_uncond = getattr(combiner, "needs_uncond", lambda cfg: True)(req.cfg)
-        return self._prompts(req, hooks, "uncond" if needs_uncond else None), combiner
+        return self._prompts(req, hooks, "uncond" if needs_uncond else None), combiner, plan
 
     def _prompts(self, req, hooks: RunHooks, uncond_role: str | None) -> dict[str, str]:
         """Role -> prompt text. Uncond first, then cond, then the combiner's extras
