@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from studio.errors import InvalidRequest
+from studio.errors import InvalidRequest, check_text_item
 
 MAX_REGIONS = 8
 MAX_FEATHER = 0.5
@@ -46,10 +46,7 @@ def check_regions(regions: Sequence[Region], feather: float) -> None:
                              "feather")
     for i, r in enumerate(regions):
         where = f"region {i + 1}"
-        if not isinstance(r, Region):
-            raise InvalidRequest(f"{where}: expected a Region, got {type(r).__name__}", "regions")
-        if not isinstance(r.prompt, str) or not r.prompt.strip():
-            raise InvalidRequest(f"{where}: its prompt is empty; every box needs a prompt", "regions")
+        check_text_item(r, Region, where, "regions", empty="its prompt is empty; every box needs a prompt")
         box = (r.x0, r.y0, r.x1, r.y1)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
             raise InvalidRequest(f"{where}: box must be four numbers, got {box!r}", "regions")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from studio.errors import InvalidRequest
+from studio.errors import InvalidRequest, check_text_item
 
 NUM_STAGES = 10
 
@@ -48,10 +48,7 @@ def check_stages(stages: Sequence[StagePrompt]) -> None:
     owner: dict[int, int] = {}
     for i, s in enumerate(stages):
         where = f"stage prompt {i + 1}"
-        if not isinstance(s, StagePrompt):
-            raise InvalidRequest(f"{where}: expected a StagePrompt, got {type(s).__name__}", "stages")
-        if not isinstance(s.prompt, str) or not s.prompt.strip():
-            raise InvalidRequest(f"{where}: its prompt is empty", "stages")
+        check_text_item(s, StagePrompt, where, "stages")
         ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (s.first, s.last))
         if not ok or not 1 <= s.first <= s.last <= NUM_STAGES:
             raise InvalidRequest(f"{where}: stages must be whole numbers with 1 <= from <= to <= {NUM_STAGES} "

@@ -27,6 +27,7 @@ from studio.composition import (
 )
 from studio.engine import CancelToken, GenerationRequest, InvalidRequest, RunHooks, make_scheduler
 from studio.engine.conditioning import encode_texts
+from studio.errors import check_text_item
 from studio.prompting import parse, plain_text, schedule
 
 from .generate import GenerateController, PreviewCallback, ProgressCallback, Saver
@@ -171,10 +172,8 @@ class CompositionController:
             raise InvalidRequest(f"compose 1..{MAX_PARTS} parts, got {len(parts)}", "parts")
         for i, p in enumerate(parts):
             where = f"part {i + 1}"
-            if not isinstance(p, PromptPart):
-                raise InvalidRequest(f"{where}: expected a PromptPart, got {type(p).__name__}", "parts")
-            if not isinstance(p.text, str) or not p.text.strip():
-                raise InvalidRequest(f"{where} is empty; write a prompt or remove the part", "parts")
+            check_text_item(p, PromptPart, where, "parts", text="text",
+                            empty="it is empty; write a prompt or remove the part")
             w = p.weight
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) \
                     or not 0 < abs(w) <= MAX_PART_WEIGHT:

@@ -205,20 +205,17 @@ class CompositionHandlers:
         t0 = time.perf_counter()
         worker.start()
         try:
-            while True:
-                kind, image, step, total = events.get()
-                if kind == "end":
-                    break
-                latest = (kind, image, step, total)
-                while not events.empty():  # only the newest frame matters
-                    nxt = events.get()
-                    if nxt[0] == "end":
-                        events.put(nxt)
-                        break
-                    latest = nxt if nxt[0] == "preview" or latest[0] != "preview" else latest
-                kind, image, step, total = latest
-                yield (image if image is not None else gr.skip(), gr.skip(), gr.skip(),
-                       progress_html(step, total), gr.skip())
+            ended = False
+            while not ended:
+                # take everything queued: show the newest preview and the newest step, skip the rest
+                batch = [events.get()] + [events.get() for _ in range(events.qsize())]
+                ended = any(kind == "end" for kind, *_ in batch)
+                frames = [e for e in batch if e[0] == "preview"]
+                steps = [e for e in batch if e[0] != "end"]
+                if steps:
+                    _, _, step, total = steps[-1]
+                    yield (frames[-1][1] if frames else gr.skip(), gr.skip(), gr.skip(), progress_html(step, total),
+                           gr.skip())
             worker.join()
         finally:
             session.cancel = None
