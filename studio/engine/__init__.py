@@ -19,12 +19,14 @@ from .conditioning import Conditioning, encode_prompts
 from .engine import Engine
 from .hooks import ClassicCFG, ComposableCFG, EmbeddingEdit, GuidanceCombiner, RunHooks, extra_role
 from .preview import LatentPreviewer, PreviewStream, PreviewThrottle
-from .request import Cancelled, CancelToken, GenerationRequest, GenerationResult, InvalidRequest, StepEvent
+from .request import (
+    Cancelled, CancelToken, GenerationRequest, GenerationResult, InvalidRequest, StartLatents, StepEvent,
+)
 from .samplers import SAMPLERS, make_scheduler
 
 __all__ = [
     "SAMPLERS", "CancelToken", "Cancelled", "ClassicCFG", "ComposableCFG", "Conditioning", "EmbeddingEdit", "Engine",
     "GenerationRequest", "GenerationResult", "GuidanceCombiner", "InvalidRequest", "LatentCache", "LatentPreviewer",
-    "PreviewStream", "PreviewThrottle", "RunHooks",
+    "PreviewStream", "PreviewThrottle", "RunHooks", "StartLatents",
     "StepEvent", "encode_prompts", "extra_role", "make_scheduler",
 ]

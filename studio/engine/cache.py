@@ -53,6 +53,13 @@ class LatentCache:
         """x_t entering ``step`` (CPU tensor)."""
         return self._steps[step].latents
 
+    def fork(self) -> LatentCache:
+        """A cache holding the same recorded run; resuming from the fork leaves this one's trajectory intact."""
+        twin = LatentCache()
+        twin._key, twin._steps = self._key, list(self._steps)
+        twin._conditioning, twin.request = self._conditioning, self.request
+        return twin
+
     def clear(self) -> None:
         self.__init__()
 

@@ -19,7 +19,9 @@ from .conditioning import Conditioning, conditioning_key, encode_prompts, plan_p
 from .hooks import (
     ClassicCFG, ComposableCFG, RunHooks, StepContext, attention_processors_installed, check_hooks, extra_role,
 )
-from .request import Cancelled, CancelToken, GenerationRequest, GenerationResult, InvalidRequest, StepEvent
+from .request import (
+    Cancelled, CancelToken, GenerationRequest, GenerationResult, InvalidRequest, StartLatents, StepEvent,
+)
 from .samplers import SAMPLERS, alpha_bar, make_scheduler, predict_x0, step_kwargs
 from .validate import validate_request
 
@@ -50,8 +52,9 @@ class Engine:
 
     def generate(self, req: GenerationRequest, *, hooks: RunHooks | None = None, cancel: CancelToken | None = None,
                  on_step: Callable[[StepEvent], None] | None = None, cache: LatentCache | None = None,
-                 resume_from_step: int | None = None) -> GenerationResult:
-        """Generate ``req``; see the package docstring for hooks, cancel and cache."""
+                 resume_from_step: int | None = None, start: StartLatents | None = None) -> GenerationResult:
+        """Generate ``req``; see the package docstring for hooks, cancel and cache. ``start`` begins part-way from
+        given latents (see :class:`StartLatents`); it can't be combined with a cache."""
         t_start = perf_counter()
         hooks = hooks or RunHooks()
         # 1. validate (before touching the model)
@@ -64,6 +67,8 @@ class Engine:
         seeds = [req.seed if req.shared_seed else (req.seed + i) % SEED_MODULUS for i in range(req.batch_size)]
         trajectory = (self.model.weights_hash, req.sampler, req.steps, req.seed, width, height, req.batch_size,
                       req.shared_seed)
+        if start is not None:
+            self._check_start(start, req, num_steps, width, height, cache)
         if resume_from_step is not None:
             if cache is None:
                 raise InvalidRequest("resume_from_step needs the LatentCache of the run to resume", "resume_from_step")
@@ -82,16 +87,18 @@ class Engine:
             # 3. prepare noise and (when resuming) the recorded state
             generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
             latents = self._initial_noise(generators, width, height) * scheduler.init_noise_sigma
-            start = 0
+            start_step = 0
             if cache is not None:
                 cache.begin(trajectory, req, resume_from_step)
                 if resume_from_step is not None:
                     latents = cache.restore(resume_from_step, scheduler, generators, self.model.device)
-                    start = resume_from_step
+                    start_step = resume_from_step
+            if start is not None:
+                latents, start_step = self._start_latents(scheduler, start), start.step
 
             # 4. denoise
             t0 = perf_counter()
-            latents = self._denoise(req, scheduler, latents, start, cond, combiner, hooks.embedding_edits,
+            latents = self._denoise(req, scheduler, latents, start_step, cond, combiner, hooks.embedding_edits,
                                     generators, callbacks, cancel, cache)
             timings["denoise"] = self._elapsed(t0)
 
@@ -103,11 +110,21 @@ class Engine:
 
         # 6. package
         images = [Image.fromarray(a) for a in to_uint8(pixels)]
-        steps_run = max(1, len(scheduler.timesteps) - start)
+        steps_run = max(1, len(scheduler.timesteps) - (start.step if start is not None else resume_from_step or 0))
         timings["per_step"] = timings["denoise"] / steps_run
         timings["total"] = perf_counter() - t_start
         return GenerationResult(images=images, latents=latents, request=req, seeds=seeds, timings=timings,
                                 warnings=warnings)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` in [0, 1] -> UNet-space latents (the VAE posterior mean, scaled)."""
+        vae = self.model.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        x = (pixels.to(device=self.model.device, dtype=vae.dtype) * 2 - 1)
+        with self.model.run_lock:
+            mean = vae.encode(x).latent_dist.mean
+        return ((mean - shift) * vae.config.scaling_factor).to(self.model.dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -154,9 +171,11 @@ class Engine:
             latents = scheduler.step(guided, t, latents, **extra, return_dict=False)[0]
             # 4d. observers (x0 is only computed when someone looks)
             if callbacks:
-                x0 = predict_x0(guided, model_in, alpha_bar(scheduler, i, t), self.model.prediction_type)
+                a_bar = alpha_bar(scheduler, i, t)
+                x0 = predict_x0(guided, model_in, a_bar, self.model.prediction_type)
                 event = StepEvent(step=i, num_steps=num_steps, timestep=int(t), latents=x_t, x0_pred=x0,
-                                  eps_uncond=eps.get("uncond"), eps_cond=eps.get("cond"), eps=eps)
+                                  eps_uncond=eps.get("uncond"), eps_cond=eps.get("cond"), eps=eps,
+                                  model_input=model_in, guided=guided, alpha_bar=a_bar)
                 for cb in callbacks:
                     cb(event)
         return latents
@@ -214,6 +233,29 @@ class Engine:
                     e = edit.apply(step, num_steps, e, role)
             parts.append(e)
         return torch.cat(parts)
+
+    def _check_start(self, start: StartLatents, req, num_steps: int, width: int, height: int, cache) -> None:
+        if cache is not None:
+            raise InvalidRequest("start latents can't be combined with a latent cache", "start")
+        f = self.model.vae_scale_factor
+        shape = (req.batch_size, self.model.latent_channels, height // f, width // f)
+        if not isinstance(start.latents, torch.Tensor) or tuple(start.latents.shape) != shape:
+            got = tuple(start.latents.shape) if isinstance(start.latents, torch.Tensor) else type(start.latents)
+            raise InvalidRequest(f"start latents must have shape {shape} for this request, got {got}", "start")
+        if isinstance(start.step, bool) or not isinstance(start.step, int) or not 0 <= start.step < num_steps:
+            raise InvalidRequest(f"start step must be an int in 0..{num_steps - 1}, got {start.step!r}", "start")
+
+    def _start_latents(self, scheduler, start: StartLatents) -> torch.Tensor:
+        """Variance-preserving x_t -> the sampler's scale at ``start.step`` (sigma-parameterised samplers keep
+        ``x0 + sigma * noise``; their ``scale_model_input`` divides by ``sqrt(sigma^2 + 1)``)."""
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start.step)
+        t = scheduler.timesteps[start.step]
+        ones = torch.ones(1, device=self.model.device, dtype=self.model.dtype)
+        scale = float(scheduler.scale_model_input(ones, t).flatten()[0])
+        if hasattr(scheduler, "is_scale_input_called"):
+            scheduler.is_scale_input_called = False
+        return start.latents.to(device=self.model.device, dtype=self.model.dtype) / scale
 
     def _initial_noise(self, generators, width: int, height: int) -> torch.Tensor:
         """Gaussian noise drawn on CPU, one generator per image, then moved to the

@@ -9,7 +9,8 @@ import torch
 
 from studio.errors import InvalidRequest
 
-__all__ = ["Cancelled", "CancelToken", "GenerationRequest", "GenerationResult", "InvalidRequest", "StepEvent"]
+__all__ = ["Cancelled", "CancelToken", "GenerationRequest", "GenerationResult", "InvalidRequest", "StartLatents",
+           "StepEvent"]
 
 
 class Cancelled(Exception):
@@ -51,6 +52,17 @@ class GenerationRequest:
     shared_seed: bool = False
 
 
+@dataclass(frozen=True)
+class StartLatents:
+    """Start a run part-way: ``latents`` are x_t ``(batch, C, h, w)`` at the variance-preserving scale the UNet
+    sees (a :class:`StepEvent`'s ``model_input``, or ``sqrt(abar) x0 + sqrt(1 - abar) noise``) and the run begins
+    at step ``step`` of the request's schedule. The engine converts them to the sampler's own scale, so the latents
+    of one sampler can continue under another (branching with a changed sampler; img2img)."""
+
+    latents: torch.Tensor
+    step: int
+
+
 @dataclass
 class StepEvent:
     """What a step callback sees after denoising step ``step`` (0-based).
@@ -60,7 +72,9 @@ class StepEvent:
     ``vae.decode(x0 / scaling_factor)``). ``eps_uncond``/``eps_cond`` are the raw UNet
     outputs for the negative and positive prompt (epsilon or v, per the model's
     ``prediction_type``); ``eps_uncond`` is ``None`` when the uncond pass was skipped.
-    ``eps`` holds every role's output (``extra:i`` for a combiner's extra prompts)."""
+    ``eps`` holds every role's output (``extra:i`` for a combiner's extra prompts). ``model_input`` is x_t as the
+    UNet saw it (variance-preserving scale for every sampler), ``guided`` the combined output the sampler stepped
+    with, ``alpha_bar`` the signal variance of ``model_input``."""
 
     step: int
     num_steps: int
@@ -70,6 +84,9 @@ class StepEvent:
     eps_uncond: torch.Tensor | None
     eps_cond: torch.Tensor | None
     eps: dict[str, torch.Tensor] = field(default_factory=dict)
+    model_input: torch.Tensor | None = None
+    guided: torch.Tensor | None = None
+    alpha_bar: float | None = None
 
 
 @dataclass

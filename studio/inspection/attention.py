@@ -8,7 +8,8 @@ maps averaged over heads, per layer and step, and returns exactly what attention
 change. :meth:`CrossAttentionRecorder.aggregate` gives the DAAM heat map per token: each (layer, step) map upsampled
 (bicubic) to a common size, clamped at zero, summed over steps and averaged over layers.
 
-This is the capture half of the inspection workbench; the UI, streaming and the other panels are not built yet.
+:meth:`CrossAttentionRecorder.word_map` gives one word's map (mean over its tokens), broken down by resolution, layer
+or step on request; reading it while a run records (streaming) sees the steps recorded so far.
 """
 
 from __future__ import annotations
@@ -64,11 +65,11 @@ class CrossAttentionRecorder:
 
     @property
     def layers(self) -> list[str]:
-        return list(dict.fromkeys(layer for _, layer in self.maps))
+        return list(dict.fromkeys(layer for _, layer in list(self.maps)))
 
     @property
     def steps(self) -> list[int]:
-        return sorted({step for step, _ in self.maps})
+        return sorted({step for step, _ in list(self.maps)})
 
     def aggregate(self, size: tuple[int, int], *, steps: Iterable[int] | None = None,
                   layers: Iterable[str] | None = None) -> torch.Tensor:
@@ -91,6 +92,24 @@ class CrossAttentionRecorder:
             if per_layer is not None:
                 total = per_layer if total is None else total + per_layer
         return total / len(layers)  # a layer with no map at these steps counts as zero
+
+
+    def resolutions(self) -> dict[str, list[str]]:
+        """``"16x16"`` -> the layers recording at that map size (coarse to fine)."""
+        by_size: dict[tuple[int, int], list[str]] = {}
+        for (_, layer), m in list(self.maps.items()):
+            names = by_size.setdefault(tuple(m.shape[1:3]), [])
+            if layer not in names:
+                names.append(layer)
+        return {f"{h}x{w}": names for (h, w), names in sorted(by_size.items())}
+
+    def word_map(self, token_indices: Iterable[int], size: tuple[int, int], *, index: int = 0,
+                 steps: Iterable[int] | None = None, layers: Iterable[str] | None = None) -> torch.Tensor:
+        """One word's DAAM map ``(height, width)`` for image ``index``: the mean of its tokens' maps."""
+        idx = list(token_indices)
+        if not idx:
+            raise ValueError("a word needs at least one token index")
+        return self.aggregate(size, steps=steps, layers=layers)[index, idx].mean(0)
 
 
 class _RecordingProcessor:

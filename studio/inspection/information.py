@@ -1,0 +1,138 @@
+"""Token information maps: which pixels a word informs, given the rest of the prompt (Kong et al., "Interpretable
+Diffusion via Information Decomposition", 2023; the two-token decomposition as in DiffusionPID).
+
+The pointwise information a token ``y`` adds about the image ``x`` given the context ``c`` (the prompt without it) is
+estimated per pixel as ``i(x; y | c) = 1/2 * integral over log-SNR of E_eps ||eps_hat(x_a | c) - eps_hat(x_a | c, y)||^2``:
+both predictions are made on the same noised latents (a shared noise bank), their squared difference is summed over
+latent channels and integrated over a grid of noise levels evenly spaced in log-SNR (trapezoid rule).
+
+For two tokens the minimum-information partial information decomposition splits what they say jointly:
+redundancy ``R = min(i1, i2)``, unique ``U1 = i1 - R``, ``U2 = i2 - R`` and synergy ``S = i12 - i1 - i2 + R``, per
+pixel, where ``i1``, ``i2`` and ``i12`` are the information of ``y1``, ``y2`` and both, all given the prompt without
+either.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from studio.engine import CancelToken, InvalidRequest
+from studio.engine.conditioning import encode_texts
+
+from .denoising import alphas_cumprod, log_snr, predict_epsilon
+
+DEFAULT_LEVELS = 12
+DEFAULT_SAMPLES = 2
+MAX_EVALUATIONS = 4096
+
+
+def without_words(prompt: str, words: list[str]) -> str:
+    """``prompt`` with every whole-word occurrence of ``words`` removed (spaces tidied)."""
+    out = prompt
+    for word in words:
+        pattern = re.compile(r"(?<!\w)" + re.escape(word.strip()) + r"(?!\w)", re.IGNORECASE)
+        if not pattern.search(out):
+            raise InvalidRequest(f"{word!r} is not a word of the prompt {prompt!r}; pick one of its words", "token")
+        out = pattern.sub("", out)
+    return re.sub(r"\s+", " ", out).strip()
+
+
+def log_snr_timesteps(table: torch.Tensor, levels: int, lo: float = 0.02, hi: float = 0.98) -> tuple[list[int], list[float]]:
+    """``levels`` timesteps evenly spaced in log-SNR between the schedule's ``lo`` and ``hi`` fractions, and their
+    log-SNRs (decreasing: timesteps increase)."""
+    n = len(table)
+    t_lo, t_hi = int(lo * (n - 1)), int(hi * (n - 1))
+    lam = torch.tensor([log_snr(float(table[t])) for t in range(n)], dtype=torch.float64)
+    targets = torch.linspace(float(lam[t_lo]), float(lam[t_hi]), levels, dtype=torch.float64)
+    timesteps = [int((lam - v).abs().argmin()) for v in targets]
+    return timesteps, [float(lam[t]) for t in timesteps]
+
+
+@dataclass(frozen=True)
+class InformationMaps:
+    """Per-pixel information maps ``(H, W)`` (image resolution, nats summed over latent channels, bilinear upsampled
+    from the latent grid). ``maps`` holds ``"i1"`` (and for two tokens ``"i2"``, ``"i12"``, ``"redundancy"``,
+    ``"unique1"``, ``"unique2"``, ``"synergy"``)."""
+
+    prompt: str
+    tokens: tuple[str, ...]
+    contexts: dict[str, str]  # which prompt each term compares: "context", "with1", "with2", "full"
+    maps: dict[str, torch.Tensor]
+    timesteps: tuple[int, ...]
+    evaluations: int
+
+    def to_json(self) -> dict:
+        return {"prompt": self.prompt, "tokens": list(self.tokens), "contexts": dict(self.contexts),
+                "timesteps": list(self.timesteps), "unet_evaluations": self.evaluations,
+                "totals": {k: float(v.sum()) for k, v in self.maps.items()}}
+
+
+def information_maps(model, x0: torch.Tensor, prompt: str, tokens: list[str], *, levels: int = DEFAULT_LEVELS,
+                     samples: int = DEFAULT_SAMPLES, seed: int = 0, size: tuple[int, int] | None = None,
+                     cancel: CancelToken | None = None) -> InformationMaps:
+    """Information maps of one or two ``tokens`` (words of ``prompt``) for clean latents ``x0`` ``(C, h, w)``."""
+    # 1. validate
+    tokens = [t.strip() for t in tokens if t and t.strip()]
+    if not 1 <= len(tokens) <= 2:
+        raise InvalidRequest(f"pick one or two words of the prompt, got {len(tokens)}", "token")
+    if len(tokens) == 2 and tokens[0].lower() == tokens[1].lower():
+        raise InvalidRequest("pick two different words for the decomposition", "token")
+    if not (1 <= levels <= 200 and 1 <= samples <= 64):
+        raise InvalidRequest(f"levels must be 1..200 and samples 1..64, got {levels} and {samples}", "levels")
+    contexts = {"context": without_words(prompt, tokens), "full": prompt}
+    if len(tokens) == 2:
+        contexts["with1"] = without_words(prompt, [tokens[1]])
+        contexts["with2"] = without_words(prompt, [tokens[0]])
+    names = list(contexts)
+    if len(names) * levels * samples > MAX_EVALUATIONS:
+        raise InvalidRequest(f"{len(names)} prompts x {levels} levels x {samples} samples is more than "
+                             f"{MAX_EVALUATIONS} UNet evaluations; lower levels or samples", "levels")
+
+    # 2. a shared noise bank over the log-SNR grid; every prompt sees the same noised latents
+    table = alphas_cumprod(model)
+    timesteps, lams = log_snr_timesteps(table, levels)
+    gen = torch.Generator("cpu").manual_seed(int(seed))
+    noises = torch.randn((levels * samples, *x0.shape), generator=gen)
+    row_t = [t for t in timesteps for _ in range(samples)]
+    embeds = encode_texts(model, [contexts[n] for n in names]).cpu()
+    eps = {}
+    for k, name in enumerate(names):
+        eps[name] = predict_epsilon(model, x0, row_t, noises, embeds[k:k + 1].expand(len(row_t), -1, -1), table,
+                                    cancel=cancel)
+
+    # 3. integrate squared differences over log-SNR (trapezoid weights), per latent pixel
+    def info(a: str, b: str) -> torch.Tensor:
+        sq = (eps[a].double() - eps[b].double()).pow(2).sum(1).view(levels, samples, *x0.shape[1:]).mean(1)
+        return 0.5 * _trapezoid(sq, lams)
+
+    latent_maps = {"i1": info("context", "with1" if len(tokens) == 2 else "full")}
+    if len(tokens) == 2:
+        i1, i2, i12 = latent_maps["i1"], info("context", "with2"), info("context", "full")
+        redundancy = torch.minimum(i1, i2)
+        latent_maps.update(i2=i2, i12=i12, redundancy=redundancy, unique1=i1 - redundancy, unique2=i2 - redundancy,
+                           synergy=i12 - i1 - i2 + redundancy)
+    size = size or tuple(int(s) * model.vae_scale_factor for s in x0.shape[1:])
+    maps = {k: upsample(v, size) for k, v in latent_maps.items()}
+    return InformationMaps(prompt=prompt, tokens=tuple(tokens), contexts=contexts, maps=maps,
+                           timesteps=tuple(timesteps), evaluations=len(names) * len(row_t))
+
+
+def _trapezoid(values: torch.Tensor, xs: list[float]) -> torch.Tensor:
+    """Integral of ``values[k]`` (per pixel) over ``xs[k]``, in absolute measure (the grid may run either way)."""
+    if len(xs) == 1:
+        return values[0]
+    total = torch.zeros_like(values[0])
+    for k in range(len(xs) - 1):
+        total += 0.5 * (values[k] + values[k + 1]) * abs(xs[k + 1] - xs[k])
+    return total
+
+
+def upsample(latent_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A latent-grid map ``(h, w)`` at image resolution, rescaled so its total mass is unchanged."""
+    h, w = latent_map.shape
+    up = F.interpolate(latent_map[None, None].double(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    return up * (h * w) / (size[0] * size[1])
