@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from dataclasses import replace
@@ -60,15 +59,13 @@ def add_inspect_parser(sub) -> None:
 
 
 def parse_stages(text: str):
-    from studio.inspection.classifier import ClassifierStage
+    from studio.engine import InvalidRequest
+    from studio.inspection.classifier import parse_stages as parse
 
-    stages = []
-    for piece in (text or "").split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", piece)
-        if not m:
-            raise UsageError(f"--stages must look like 12:2,36:1 (samples:keep per stage), got {text!r}")
-        stages.append(ClassifierStage(int(m.group(1)), int(m.group(2))))
-    return tuple(stages)
+    try:
+        return parse(text)
+    except InvalidRequest as e:
+        raise UsageError(str(e).replace("stages must", "--stages must", 1)) from None
 
 
 def _need(args, *names: str) -> None:

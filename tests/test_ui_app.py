@@ -34,7 +34,7 @@ def test_title_tabs_and_key_elements(demo):
 
     assert TITLE == "Controllable Diffusion Studio" and demo.title == TITLE
     tabs = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
-    assert tabs == ["Generate", "Attributes", "Composition", "History"]  # no placeholder tabs
+    assert tabs == ["Generate", "Attributes", "Composition", "Inspection", "History"]  # no placeholder tabs
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"prompt", "negative_prompt", "sampler", "steps", "cfg", "seed", "width", "height", "batch_size",
             "generate", "stop", "preview", "progress", "gallery", "status", "examples", "settings_file",
@@ -47,7 +47,8 @@ def test_model_bound_events_share_one_queue_of_one(demo):
     assert generate.concurrency_id == "gpu" and generate.concurrency_limit == 1 and generate.queue
     gpu = [fn for fn in demo.fns.values() if fn.concurrency_id == "gpu"]
     assert all(fn.concurrency_limit == 1 for fn in gpu)
-    assert {fn.name for fn in gpu} == {"generate", "render", "render_draft", "sweep", "save", "compose", "blend"}
+    assert {fn.name for fn in gpu} == {"generate", "render", "render_draft", "sweep", "save", "compose", "blend",
+                                       "run", "show_step", "branch", "classify", "information"}
     for fn in demo.fns.values():  # everything else is light and never waits behind a run
         if fn.concurrency_id == "learn":  # direction learning takes the model's lock one step at a time
             assert fn.name == "learn"

@@ -381,3 +381,37 @@ def test_composition_in_the_browser(studio, browser):
             page.screenshot(path=str(ROOT / "docs" / "composition.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_inspection_in_the_browser(studio, browser):
+    """Inspect a run: the word's attention map streams and lands on the image, the scrubber moves the filmstrip,
+    and a map of the scrubbed step alone differs from the aggregate."""
+    url, _ = studio
+    context, page = open_studio(browser, url)
+    try:
+        page.get_by_role("tab", name="Inspection").click()
+        page.wait_for_selector("#inspect_prompt textarea", state="visible")
+        set_number(page, "inspect_steps", 10)
+        page.click("#inspect_run")
+        wait_until(lambda: "recorded 10 steps" in page.inner_text("#inspect_status"), RUN_TIMEOUT, "the inspection")
+        wait_until(lambda: "step 10 / 10" in page.inner_text("#inspect_step_caption"), 60, "the last step's panels")
+        overlay = fetch_image(page, image_src(page, "inspect_attention"))
+        assert overlay.size == (64, 64)
+        wait_until(lambda: page.locator("#inspect_decomposition img").count() >= 4, 60, "the decomposition panels")
+        wait_until(lambda: image_src(page, "inspect_cos_plot"), 60, "the cosine plot")
+
+        # scrub to step 3: the filmstrip follows; the map of that step alone is not the aggregate
+        x0_last = image_src(page, "inspect_x0")
+        set_number(page, "inspect_scrub", 2)
+        wait_until(lambda: "step 3 / 10" in page.inner_text("#inspect_step_caption"), 60, "the scrubbed step")
+        assert image_src(page, "inspect_x0") != x0_last
+        page.locator("#inspect_step_only input[type=checkbox]").check()
+        wait_until(lambda: "steps 2" in page.inner_text("#inspect_attention_status"), 60, "the one-step map")
+        single = fetch_image(page, image_src(page, "inspect_attention"))
+        assert single.tobytes() != overlay.tobytes()
+        assert "Traceback" not in page.inner_text("body")
+        if os.environ.get("STUDIO_UPDATE_SCREENSHOT") == "1":
+            page.mouse.move(0, 0)
+            page.screenshot(path=str(ROOT / "docs" / "inspection.png"), full_page=True)
+    finally:
+        context.close()

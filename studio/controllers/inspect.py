@@ -144,8 +144,8 @@ class InspectionRun:
 
 
 class InspectionController:
-    """Inspection on ``model``. ``generator`` (optional) lends its seed resolution; ``slider_hooks`` (optional)
-    builds the hooks of attribute sliders for branches."""
+    """Inspection on ``model``. ``generator`` (optional) lends its defaults and seed resolution. A branch takes any
+    technique's hooks (``BranchRequest.hooks``, e.g. an attribute slider's embedding edit)."""
 
     def __init__(self, model, generator: GenerateController | None = None):
         self.model = model
@@ -255,7 +255,7 @@ class InspectionController:
             tuple[Image.Image, Image.Image]:
         """(guidance norm over steps, cosine over steps with the threshold and the switch steps marked)."""
         stats = self.guidance(run, threshold)
-        labels = {role: self._role_label(run, role) for role in stats.norm}
+        labels = {role: self.role_label(run, role) for role in stats.norm}
         markers = {f"AG stops CFG ({labels[r]})": s for r, s in stats.switch_step.items() if s is not None}
         norm = line_plot(stats.steps, {labels[r]: v for r, v in stats.norm.items()}, xlabel="step",
                          ylabel="RMS ||eps_c - eps_u||", title="guidance norm per step")
@@ -392,7 +392,7 @@ class InspectionController:
         elif panel == "guidance":
             stats = self.guidance(run, threshold)
             meta["guidance"] = stats.to_json()
-            meta["roles"] = {r: self._role_label(run, r) for r in run.trajectory.roles}
+            meta["roles"] = {r: self.role_label(run, r) for r in run.trajectory.roles}
             files["guidance.npz"] = _npz(**{f"eps_{r.replace(':', '_')}": torch.stack([x.eps[r] for x in records])
                                             .numpy() for r in run.trajectory.roles})
             norm, cosine = self.guidance_plots(run, threshold)
@@ -454,7 +454,8 @@ class InspectionController:
         return run.trajectory.records[step]
 
     @staticmethod
-    def _role_label(run: InspectionRun, role: str) -> str:
+    def role_label(run: InspectionRun, role: str) -> str:
+        """``"cond: a red circle"``: a role with the start of its prompt, for captions and legends."""
         text = run.role_texts.get(role, role)
         return f"{role}: {text[:40]}" if text else role
 

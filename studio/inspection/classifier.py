@@ -10,6 +10,7 @@ samples for the survivors of the previous one, then keeps the best ``keep`` (err
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,17 @@ class Classification:
                 "timesteps": list(self.timesteps), "errors": [[clean(e) for e in row] for row in self.errors],
                 "unet_evaluations": self.evaluations,
                 "stages": [{"samples": s.samples, "keep": s.keep} for s in self.stages]}
+
+
+def parse_stages(text: str) -> tuple[ClassifierStage, ...]:
+    """``"12:2,36:1"`` -> stages (samples:keep each)."""
+    stages = []
+    for piece in str(text or "").split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", piece)
+        if not m:
+            raise InvalidRequest(f"stages must look like 12:2,36:1 (samples:keep per stage), got {text!r}", "stages")
+        stages.append(ClassifierStage(int(m.group(1)), int(m.group(2))))
+    return tuple(stages)
 
 
 def check_stages(stages, n_candidates: int) -> tuple[ClassifierStage, ...]:

@@ -20,6 +20,7 @@ from .attributes_tab import AttributesHandlers, AttributesSession, build_attribu
 from .composition_tab import CompositionHandlers, CompositionSession, build_composition_tab
 from .generate_tab import GenerateHandlers, build_generate_tab
 from .history_tab import GENERATE_TAB_ID, HISTORY_TAB_ID, HistoryHandlers, build_history_tab
+from .inspection_tab import InspectionHandlers, InspectionSession, build_inspection_tab
 from .session import SessionState
 
 TITLE = "Controllable Diffusion Studio"
@@ -32,6 +33,10 @@ CSS = """
 #attr_image img, #attr_zero img { width: 100%; height: 100%; object-fit: contain; }
 #compose_image img, #compose_mono img, #blend_gallery img { image-rendering: pixelated; }
 #compose_image img, #compose_mono img { width: 100%; height: 100%; object-fit: contain; }
+#inspect_image img, #inspect_attention img, #inspect_xt img, #inspect_x0 img, #inspect_decomposition img,
+#inspect_branch_gallery img, #inspect_probe img { image-rendering: pixelated; }
+#inspect_image img, #inspect_attention img, #inspect_xt img, #inspect_x0 img { width: 100%; height: 100%;
+                                                                               object-fit: contain; }
 .studio-timeline { display: flex; gap: 2px; margin-bottom: 4px; }
 .studio-stage { flex: 1; color: white; border-radius: 4px; padding: 3px; font-size: 0.8em; overflow: hidden;
                 text-align: center; min-height: 4.5em; }
@@ -78,6 +83,10 @@ def build_app(model, outputs_dir, *, examples_path=None, controller=None, store=
 
     composition_handlers = CompositionHandlers(CompositionController(model, generator=controller))
 
+    from studio.controllers.inspect import InspectionController
+
+    inspection_handlers = InspectionHandlers(InspectionController(model, generator=controller), outputs_dir)
+
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         state = gr.State(SessionState(), delete_callback=SessionState.close)
         name = getattr(model, "name", "model")
@@ -93,6 +102,9 @@ def build_app(model, outputs_dir, *, examples_path=None, controller=None, store=
             with gr.Tab("Composition", id="composition", elem_id="tab_composition"):
                 composition_state = gr.State(CompositionSession(), delete_callback=CompositionSession.close)
                 build_composition_tab(composition_handlers, composition_state)
+            with gr.Tab("Inspection", id="inspection", elem_id="tab_inspection"):
+                inspection_state = gr.State(InspectionSession(), delete_callback=InspectionSession.close)
+                build_inspection_tab(inspection_handlers, inspection_state)
             with gr.Tab("History", id=HISTORY_TAB_ID, elem_id="tab_history") as history_tab:
                 build_history_tab(history_handlers, state, generate_tab, tabs, history_tab)
     demo.queue(default_concurrency_limit=1, max_size=64)
