@@ -1,14 +1,24 @@
-"""Inspection on Tiny World, measured against the analyzer's masks. So far: cross-attention localization.
+"""Inspection on Tiny World, measured against ground truth (the analyzer's masks, the generator's scenes).
 
-attention  prompts "a <size> <colour> <shape> on a <background> background" (single) and two such objects joined by
-           "and" (different colours and shapes), fixed seeds; each run records DAAM maps
-           (studio.inspection.CrossAttentionRecorder, all attn2 layers, all steps). For every drawn object whose
-           colour and shape match one object of the prompt: pointing game (the map's peak lies inside the object's
-           mask) for its shape word and its colour word, and IoU of the min-max normalised shape-word map
-           thresholded at t with the mask; "mean IoU at the best threshold" takes the t in 0.1..0.9 that maximises
-           the mean over all objects. Cost: the same runs with and without capture, p50 per step.
+attention    prompts "a <size> <colour> <shape> on a <background> background" (single) and two such objects joined
+             by "and" (different colours and shapes), fixed seeds; each run records DAAM maps
+             (studio.inspection.CrossAttentionRecorder, all attn2 layers, all steps). For every drawn object whose
+             colour and shape match one object of the prompt: pointing game (the map's peak lies inside the object's
+             mask) for its shape word and its colour word, and IoU of the min-max normalised shape-word map
+             thresholded at t with the mask; "mean IoU at the best threshold" takes the t in 0.1..0.9 that maximises
+             the mean over all objects.
+classifier   generator scenes with one object (not model samples): its shape among "a circle", "a square",
+             "a triangle", then its colour among "a <colour> <predicted shape>" for the 6 colours (the shape the
+             classifier itself found, never the ground truth); shared noise bank, strided timesteps, staged pruning.
+             Accuracy and UNet evaluations per image.
+information  generator scenes with one object, prompt "a <size> <colour> <shape> on a <background> background":
+             the information map of the shape word (given the rest of the prompt); share of its mass inside the
+             object's mask, and inside the mask grown by 4 px (one latent cell), beside the mask's share of the image.
+cost         per-step p50 of the same request: plain engine run; engine run with attention capture; a whole
+             inspection run (InspectionController.run: attention + every step recorded), wall time; and plain runs
+             before any inspection run vs after several (processors removed, nothing left behind).
 
-    python bench/inspection.py [--n 50] [--threads 1]
+    python bench/inspection.py [--parts attention,classifier,information,cost] [--n 50] [--threads 1]
 """
 
 from __future__ import annotations
@@ -30,9 +40,14 @@ from bench._common import machine, print_table, summary, write_results  # noqa: 
 from studio.attributes.directions import subject_token_indices  # noqa: E402
 from studio.controllers.generate import model_defaults  # noqa: E402
 from studio.engine import Engine, GenerationRequest, RunHooks  # noqa: E402
+from studio.controllers.inspect import (  # noqa: E402
+    ClassifyRequest, InformationRequest, InspectionController, InspectRequest,
+)
 from studio.inspection import CrossAttentionRecorder  # noqa: E402
+from studio.inspection.classifier import parse_stages  # noqa: E402
 from studio.models import load_model  # noqa: E402
 from studio.tinyworld.analyzer import analyze  # noqa: E402
+from studio.tinyworld.scenes import SceneSpec, generate_scene  # noqa: E402
 
 COLOURS = ["red", "orange", "yellow", "green", "blue", "purple"]
 SHAPES = ["circle", "square", "triangle"]
@@ -92,48 +107,151 @@ def measure(model, base: GenerationRequest, cases, seed0: int) -> dict:
             "best_threshold": best, "mean_iou_at_best": mean_iou[best], "mean_iou_by_threshold": mean_iou}
 
 
+def classifier(model, n: int, shape_stages, colour_stages, seed0: int = 50_000) -> dict:
+    controller = InspectionController(model)
+    hits = {"shape": 0, "colour": 0}
+    evals = {"shape": 0, "colour": 0}
+    confusion: dict[str, int] = {}
+    for i in range(n):
+        scene = generate_scene(seed0 + i, SceneSpec(n_objects=1))
+        truth = scene.objects[0]
+        shape = controller.classify(ClassifyRequest(scene.image, tuple(f"a {s}" for s in SHAPES), stages=shape_stages,
+                                                    seed=i))
+        predicted_shape = shape.best.split()[-1]
+        colour = controller.classify(ClassifyRequest(scene.image, tuple(f"a {c} {predicted_shape}" for c in COLOURS),
+                                                     stages=colour_stages, seed=i))
+        predicted_colour = colour.best.split()[1]
+        hits["shape"] += predicted_shape == truth.shape
+        hits["colour"] += predicted_colour == truth.colour
+        evals["shape"] += shape.evaluations
+        evals["colour"] += colour.evaluations
+        if predicted_colour != truth.colour:
+            key = f"{truth.colour}->{predicted_colour}"
+            confusion[key] = confusion.get(key, 0) + 1
+    return {"scenes": n, "shape_accuracy": hits["shape"] / n, "colour_accuracy": hits["colour"] / n,
+            "unet_evals_per_image": {k: v / n for k, v in evals.items()},
+            "unet_evals_per_image_total": (evals["shape"] + evals["colour"]) / n,
+            "shape_stages": [[s.samples, s.keep] for s in shape_stages],
+            "colour_stages": [[s.samples, s.keep] for s in colour_stages], "colour_errors": confusion}
+
+
+def grow(mask: np.ndarray, px: int) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(px):
+        padded = np.pad(out, 1)
+        out = padded[1:-1, 1:-1] | padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+    return out
+
+
+def information(model, n: int, levels: int, samples: int, seed0: int = 60_000) -> dict:
+    controller = InspectionController(model)
+    inside, near, area, near_area = [], [], [], []
+    by_size: dict[str, list[float]] = {}
+    for i in range(n):
+        scene = generate_scene(seed0 + i, SceneSpec(n_objects=1))
+        o, mask = scene.objects[0], scene.masks[0]
+        prompt = f"a {o.size} {o.colour} {o.shape} on a {scene.background} background"
+        result = controller.information(InformationRequest(scene.image, prompt, (o.shape,), levels=levels,
+                                                           samples=samples, seed=i))
+        m = result.maps["i1"].numpy()
+        total = float(m.sum())
+        grown = grow(mask, 4)
+        inside.append(float(m[mask].sum()) / total)
+        near.append(float(m[grown].sum()) / total)
+        area.append(float(mask.mean()))
+        near_area.append(float(grown.mean()))
+        by_size.setdefault(o.size, []).append(inside[-1])
+    return {"scenes": n, "levels": levels, "samples": samples, "mass_inside_mask": float(np.mean(inside)),
+            "mass_inside_mask_grown_4px": float(np.mean(near)), "mask_share_of_image": float(np.mean(area)),
+            "grown_mask_share_of_image": float(np.mean(near_area)),
+            "mass_inside_mask_by_size": {k: float(np.mean(v)) for k, v in sorted(by_size.items())},
+            "scenes_at_or_above_70pct": float(np.mean([v >= 0.7 for v in inside]))}
+
+
 def cost(model, base: GenerationRequest, repeats: int) -> dict:
     engine = Engine(model)
+    controller = InspectionController(model)
     side = model.default_size // model.vae_scale_factor
     req = replace(base, prompt="a large red circle on a black background", seed=0, batch_size=1)
-    times = {"plain": [], "capture": []}
     engine.generate(replace(req, steps=2))
+    before = [engine.generate(req).timings["per_step"] for _ in range(repeats)]
+    times = {"plain": [], "capture": [], "plain_wall": [], "inspection_wall": []}
     for _ in range(repeats):
+        t0 = time.perf_counter()
         times["plain"].append(engine.generate(req).timings["per_step"])
+        times["plain_wall"].append(time.perf_counter() - t0)
         rec = CrossAttentionRecorder(slice(1, 2), (side, side))
         times["capture"].append(engine.generate(req, hooks=RunHooks(**rec.hooks_kwargs())).timings["per_step"])
-    p50 = {k: summary(v)["p50_s"] for k, v in times.items()}
-    return {"per_step_p50_s": p50, "capture_over_plain": p50["capture"] / p50["plain"],
-            "per_step": {k: summary(v) for k, v in times.items()}}
+        t0 = time.perf_counter()
+        controller.run(InspectRequest(req))
+        times["inspection_wall"].append(time.perf_counter() - t0)
+    after = [engine.generate(req).timings["per_step"] for _ in range(repeats)]
+    p50 = {k: summary(v)["p50_s"] for k, v in {**times, "plain_before": before, "plain_after": after}.items()}
+    return {"repeats": repeats, "p50_s": p50, "capture_over_plain": p50["capture"] / p50["plain"],
+            "inspection_run_over_plain_run": p50["inspection_wall"] / p50["plain_wall"],
+            "plain_after_over_before": p50["plain_after"] / p50["plain_before"]}
+
+
+PARTS = ("attention", "classifier", "information", "cost")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tinyworld")
-    p.add_argument("--n", type=int, default=50, help="prompts per kind (single, pair)")
+    p.add_argument("--parts", default=",".join(PARTS))
+    p.add_argument("--n", type=int, default=50, help="prompts or scenes per measurement")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--shape-stages", default="10:2,30:1")
+    p.add_argument("--colour-stages", default="10:2,30:1")
+    p.add_argument("--levels", type=int, default=12)
+    p.add_argument("--samples", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--name", default="inspection", help="results file bench/results/NAME.json")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        p.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model)
 
     base = replace(model_defaults(model), negative_prompt="", steps=args.steps)
-    t0 = time.perf_counter()
     results = {"model": args.model, "weights_hash": model.weights_hash, "sampler": base.sampler, "steps": base.steps,
-               "cfg": base.cfg, "attention": {}}
-    for kind, n_objects, seed in (("single", 1, 1), ("pair", 2, 2)):
-        results["attention"][kind] = measure(model, base, prompts(args.n, n_objects, seed), 20_000 + 1000 * seed)
-    results["attention_seconds"] = round(time.perf_counter() - t0, 1)
-    print_table(["prompts", "objects", "shape word pointing", "colour word pointing", "best t", "mean IoU at best t"],
-                [[k, r["objects"], r["shape_pointing"], r["colour_pointing"], r["best_threshold"],
-                  r["mean_iou_at_best"]] for k, r in results["attention"].items()])
-    results["cost"] = cost(model, base, args.repeats)
-    print(f"capture / plain per step (p50): {results['cost']['capture_over_plain']:.3f}")
+               "cfg": base.cfg, "parts": parts, "seconds": {}}
+    if "attention" in parts:
+        t0 = time.perf_counter()
+        results["attention"] = {kind: measure(model, base, prompts(args.n, n_objects, seed), 20_000 + 1000 * seed)
+                                for kind, n_objects, seed in (("single", 1, 1), ("pair", 2, 2))}
+        results["seconds"]["attention"] = round(time.perf_counter() - t0, 1)
+        print_table(["prompts", "objects", "shape word pointing", "colour word pointing", "best t",
+                     "mean IoU at best t"],
+                    [[k, r["objects"], r["shape_pointing"], r["colour_pointing"], r["best_threshold"],
+                      r["mean_iou_at_best"]] for k, r in results["attention"].items()])
+    if "classifier" in parts:
+        t0 = time.perf_counter()
+        r = results["classifier"] = classifier(model, args.n, parse_stages(args.shape_stages),
+                                               parse_stages(args.colour_stages))
+        results["seconds"]["classifier"] = round(time.perf_counter() - t0, 1)
+        print_table(["task", "accuracy", "UNet evals / image"],
+                    [["shape (3 prompts)", r["shape_accuracy"], r["unet_evals_per_image"]["shape"]],
+                     ["colour (6 prompts)", r["colour_accuracy"], r["unet_evals_per_image"]["colour"]],
+                     ["both", "", r["unet_evals_per_image_total"]]])
+    if "information" in parts:
+        t0 = time.perf_counter()
+        r = results["information"] = information(model, args.n, args.levels, args.samples)
+        results["seconds"]["information"] = round(time.perf_counter() - t0, 1)
+        print_table(["shape-word mass inside mask", "inside mask + 4 px", "mask share", "grown mask share"],
+                    [[r["mass_inside_mask"], r["mass_inside_mask_grown_4px"], r["mask_share_of_image"],
+                      r["grown_mask_share_of_image"]]])
+    if "cost" in parts:
+        r = results["cost"] = cost(model, base, args.repeats)
+        print_table(["capture / plain (per step)", "inspection run / plain run (wall)", "plain after / before"],
+                    [[r["capture_over_plain"], r["inspection_run_over_plain_run"], r["plain_after_over_before"]]])
     results["machine"] = machine(model.device)
-    print(f"wrote {write_results('inspection-attention', results, args.out)}")
+    print(f"wrote {write_results(args.name, results, args.out)}")
     return 0
 
 

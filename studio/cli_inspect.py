@@ -18,7 +18,7 @@ EPILOG = f"""\
 actions:
   attention    generate, recording cross-attention: DIR/<word>.npy (the DAAM map of each word of the prompt,
                image-sized float32), DIR/<word>.png (overlay on the image), DIR/image.png, DIR/attention.json
-  trajectory   generate, recording every step: DIR/trajectory.npz (x_t, x0 per step), x0.webp / x_t.webp
+  trajectory   generate, recording every step: DIR/trajectory.npz (x_t, x0 per step), x0/x_t .webp and .gif
                (animated), filmstrip.png, guidance_norm.png, guidance_cosine.png, guidance.json, image.png
   classify     rank --candidates by denoising error on --image (diffusion classifier); prints the ranking
   information  per-pixel information of one or two words (--tokens) of --prompt about --image: DIR/*.npy, *.png

@@ -160,8 +160,8 @@ def test_start_latents_continue_a_first_order_run(tiny_model):
 
 
 def test_exports_write_data_and_figures(controller, run, tmp_path):
-    traj = {p.name for p in controller.export(run, "trajectory", tmp_path / "t", fmt="gif")}
-    assert {"trajectory.npz", "x0.gif", "x_t.gif", "filmstrip.png", "trajectory.json"} <= traj
+    traj = {p.name for p in controller.export(run, "trajectory", tmp_path / "t")}
+    assert {"trajectory.npz", "x0.gif", "x_t.gif", "x0.webp", "filmstrip.png", "trajectory.json"} <= traj
     data = np.load(tmp_path / "t" / "trajectory.npz")
     assert data["x0"].shape[0] == 4 and data["timesteps"].shape == (4,)
     with Image.open(tmp_path / "t" / "x0.gif") as gif:

@@ -79,3 +79,21 @@ def test_sessions_do_not_share_runs(handlers):
     run_to_end(handlers, first)
     second = copy.deepcopy(InspectionSession())
     assert first.run is not None and second.run is None
+
+
+def test_branch_with_an_attribute_slider(tiny_model, tmp_path):
+    import numpy as np
+
+    from studio.controllers.attributes import AttributesController
+
+    attributes = AttributesController(tiny_model, directions_root=tmp_path / "directions")
+    handlers = InspectionHandlers(InspectionController(tiny_model), tmp_path / "outputs", attributes=attributes)
+    session = InspectionSession()
+    run_to_end(handlers, session)
+    name = handlers.attribute_names()[0]
+    gallery, status = handlers.branch(session, 1, "", 5.0, "DPM++ 2M", name, "circle", 1.0)
+    assert f"{name} +1 on circle" in gallery[1][1]
+    original, branched = (np.asarray(im, dtype=np.int16) for im, _ in gallery)
+    assert np.abs(original - branched).mean() > 0  # the slider acted from the branch step on
+    _, status = handlers.branch(session, 1, "", 5.0, "DPM++ 2M", name, "hexagon", 1.0)
+    assert "does not occur" in status

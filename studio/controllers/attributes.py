@@ -283,6 +283,13 @@ class AttributesController:
         return AttributeOutcome(images=outcome.images, request=request, saved=outcome.saved, timings=timings,
                                 warnings=outcome.warnings, resumed_from=resume)
 
+    def slider_hooks(self, base: GenerationRequest, sliders: Sequence[SliderSetting]) -> RunHooks:
+        """The embedding edits of ``sliders`` on ``base``'s prompt, for another workbench's run (e.g. an
+        inspection branch)."""
+        for s in sliders:
+            self._check_value(s)
+        return self._hooks(base, [(s, (float(s.value),)) for s in sliders], 0)
+
     def sweep(self, request: SweepRequest, *, save: bool = False, cancel: CancelToken | None = None,
               on_progress: ProgressCallback | None = None) -> SweepOutcome:
         """All ``values`` in one batched run on the same noise (``shared_seed``)."""

@@ -372,10 +372,10 @@ class InspectionController:
 
     # ---- export
 
-    def export(self, run: InspectionRun, panel: str, folder: Path | str, *, threshold: float =
-               ADAPTIVE_GUIDANCE_THRESHOLD, fmt: str = "webp") -> list[Path]:
+    def export(self, run: InspectionRun, panel: str, folder: Path | str, *,
+               threshold: float = ADAPTIVE_GUIDANCE_THRESHOLD) -> list[Path]:
         """Write ``panel`` (``trajectory``, ``guidance`` or ``attention``) of ``run`` into ``folder``: data as
-        ``.npz`` + JSON, figures as PNG (and the filmstrip as an animation). All files appear together or none."""
+        ``.npz`` + JSON, figures as PNG (the filmstrip also as animated WebP and GIF). Files are staged first."""
         if panel not in PANELS:
             raise InvalidRequest(f"panel must be one of {', '.join(PANELS)}, got {panel!r}", "panel")
         files: dict[str, bytes] = {}
@@ -386,8 +386,9 @@ class InspectionController:
                                            x0=torch.stack([r.x0 for r in records]).numpy(),
                                            timesteps=np.array([r.timestep for r in records]),
                                            alpha_bar=np.array([r.alpha_bar for r in records]))
-            files[f"x0.{fmt}"] = self.animation(run, "x0", fmt)
-            files[f"x_t.{fmt}"] = self.animation(run, "x_t", fmt)
+            for fmt in ("webp", "gif"):
+                files[f"x0.{fmt}"] = self.animation(run, "x0", fmt)
+                files[f"x_t.{fmt}"] = self.animation(run, "x_t", fmt)
             files["filmstrip.png"] = _png(_grid(self.filmstrip(run, "x_t") + self.filmstrip(run, "x0"), run.num_steps))
         elif panel == "guidance":
             stats = self.guidance(run, threshold)

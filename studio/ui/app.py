@@ -85,7 +85,8 @@ def build_app(model, outputs_dir, *, examples_path=None, controller=None, store=
 
     from studio.controllers.inspect import InspectionController
 
-    inspection_handlers = InspectionHandlers(InspectionController(model, generator=controller), outputs_dir)
+    inspection_handlers = InspectionHandlers(InspectionController(model, generator=controller), outputs_dir,
+                                             attributes=attributes_handlers.controller)
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         state = gr.State(SessionState(), delete_callback=SessionState.close)

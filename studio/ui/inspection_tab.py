@@ -51,8 +51,9 @@ class InspectionSession:
 class InspectionHandlers:
     """Event handlers (plain functions of form values, testable without a browser)."""
 
-    def __init__(self, controller: InspectionController, outputs_dir: Path | str):
+    def __init__(self, controller: InspectionController, outputs_dir: Path | str, attributes=None):
         self.controller = controller
+        self.attributes = attributes  # an AttributesController: sliders in branches (optional)
         self.defaults = controller.defaults()
         self.outputs = Path(outputs_dir) / "inspection"
 
@@ -204,21 +205,35 @@ class InspectionHandlers:
 
     # ------------------------------------------------------------------ branch, classify, information, export
 
-    def branch(self, session: InspectionSession, step, prompt, cfg, sampler):
+    def attribute_names(self) -> list[str]:
+        return [d.name for d in self.attributes.definitions()] if self.attributes is not None else []
+
+    def branch(self, session: InspectionSession, step, prompt, cfg, sampler, attribute=None, subject="", value=0.0):
         run = session.run if session else None
         if run is None:
             return gr.skip(), status_html("run an inspection first, then branch from one of its steps", "info")
         try:
             k = int(step)
-            request = BranchRequest(step=k, prompt=str(prompt) if str(prompt or "").strip() else None,
-                                    cfg=float(cfg), sampler=sampler if sampler != run.request.sampler else None)
+            new_prompt = str(prompt) if str(prompt or "").strip() else None
+            hooks = None
+            if attribute and float(value or 0.0) != 0.0:
+                if self.attributes is None:
+                    raise ValueError("sliders are not available in this studio")
+                from studio.controllers.attributes import SliderSetting
+
+                base = replace(run.request, prompt=new_prompt or run.request.prompt)
+                hooks = self.attributes.slider_hooks(base, [SliderSetting(attribute, str(subject or "").strip(),
+                                                                          float(value))])
+            request = BranchRequest(step=k, prompt=new_prompt, cfg=float(cfg),
+                                    sampler=sampler if sampler != run.request.sampler else None, hooks=hooks)
             out = self.controller.branch(run, request)
         except USER_ERRORS as e:
             return gr.skip(), status_html(user_message(e), "error")
         except Exception as e:  # noqa: BLE001
             return gr.skip(), status_html(unexpected_message(e, "branch"), "error")
         how = "resumed exactly" if out.exact else "re-entered under " + out.request.sampler
-        label = f"branch from step {k + 1}: {out.request.prompt[:40]} · cfg {out.request.cfg:g}"
+        label = f"branch from step {k + 1}: {out.request.prompt[:40]} · cfg {out.request.cfg:g}" + \
+            (f" · {attribute} {float(value):+g} on {subject}" if hooks is not None else "")
         return [(out.original, "original"), (out.branched, label)], \
             status_html(f"{how}" + "".join(f"\n{w}" for w in out.warnings), "warning" if out.warnings else "ok")
 
@@ -348,6 +363,13 @@ def build_inspection_tab(handlers: InspectionHandlers, state: gr.State) -> None:
             branch_cfg = gr.Slider(0, 30, value=d.cfg, step=0.5, label="CFG scale", elem_id="inspect_branch_cfg")
             branch_sampler = gr.Dropdown(list(SAMPLERS), value=d.sampler, label="Sampler",
                                          elem_id="inspect_branch_sampler")
+        names = handlers.attribute_names()
+        with gr.Row(visible=bool(names)):
+            branch_attribute = gr.Dropdown(["", *names], value="", label="Attribute slider (optional)",
+                                           elem_id="inspect_branch_attribute")
+            branch_subject = gr.Textbox(value="circle" if tinyworld else "", label="on the word",
+                                        elem_id="inspect_branch_subject")
+            branch_value = gr.Slider(-3, 3, value=0, step=0.1, label="value", elem_id="inspect_branch_value")
         branch_btn = gr.Button("Branch", elem_id="inspect_branch")
         branch_gallery = gr.Gallery(label="original · branch", columns=2, height=220, elem_id="inspect_branch_gallery")
         branch_status = gr.HTML(elem_id="inspect_branch_status")
@@ -397,7 +419,8 @@ def build_inspection_tab(handlers: InspectionHandlers, state: gr.State) -> None:
         w.change(handlers.attention_view, inputs=attn_inputs, outputs=[attn_image, attn_status], **light)
     scrub.release(handlers.attention_view, inputs=attn_inputs, outputs=[attn_image, attn_status], **light)
     threshold.release(handlers.plots, inputs=[state, threshold], outputs=[norm_plot, cos_plot, plot_status], **light)
-    branch_btn.click(handlers.branch, inputs=[state, scrub, branch_prompt, branch_cfg, branch_sampler],
+    branch_btn.click(handlers.branch, inputs=[state, scrub, branch_prompt, branch_cfg, branch_sampler,
+                                              branch_attribute, branch_subject, branch_value],
                      outputs=[branch_gallery, branch_status], **gpu)
     use_run.click(handlers.use_run_image, inputs=[state], outputs=[probe, info_prompt], **light)
     classify_btn.click(handlers.classify, inputs=[state, probe, candidates, stages, seed],
