@@ -446,9 +446,11 @@ COMMANDS: dict[str, Callable] = {"generate": add_generate_parser}
 def _register_workbench_commands() -> None:
     from studio.cli_attributes import add_attributes_parser  # imports this module: register after it is built
 
+    from studio.cli_edit import add_edit_parser
     from studio.cli_inspect import add_inspect_parser
 
     COMMANDS["attributes"] = add_attributes_parser
+    COMMANDS["edit"] = add_edit_parser
     COMMANDS["inspect"] = add_inspect_parser
 
 

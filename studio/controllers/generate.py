@@ -59,7 +59,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from studio.engine import Cancelled, CancelToken, Engine, GenerationRequest, InvalidRequest, LatentCache, RunHooks
-from studio.engine import StepEvent
+from studio.engine import StartLatents, StepEvent
 from studio.engine.preview import LatentPreviewer, PreviewStream, PreviewThrottle
 from studio.engine.samplers import make_scheduler
 from studio.engine.validate import MAX_SEED
@@ -362,13 +362,17 @@ class GenerateController:
     def run(self, request: GenerationRequest, *, cancel: CancelToken | None = None,
             on_preview: PreviewCallback | None = None, on_progress: ProgressCallback | None = None,
             controls: Mapping | None = None, workbench: str = DEFAULT_WORKBENCH, hooks: RunHooks | None = None,
-            cache: LatentCache | None = None, resume_from_step: int | None = None) -> GenerateOutcome:
+            cache: LatentCache | None = None, resume_from_step: int | None = None,
+            start: StartLatents | None = None,
+            postprocess: Callable[[list], list] | None = None) -> GenerateOutcome:
         """Generate ``request`` and save every image; see the module docstring.
 
         Other workbenches pass their technique as ``hooks`` (and ``controls``, the
         settings saved with each image: one mapping for the batch, or a list with
         one mapping per image); ``cache``/``resume_from_step`` are the
-        engine's (re-render only the steps after ``resume_from_step``).
+        engine's (re-render only the steps after ``resume_from_step``); ``start`` begins part-way from given
+        latents (img2img); ``postprocess`` turns the decoded images into the ones saved and returned (e.g. an
+        inpainting composite over the original pixels).
 
         Raises :class:`InvalidRequest` (nothing run) and :class:`Cancelled`
         (nothing saved: a cancel that arrives before saving starts discards the
@@ -390,12 +394,14 @@ class GenerateController:
         try:
             callback = observer if (on_progress is not None or on_preview is not None) else None
             result = self.engine.generate(request, hooks=hooks, cancel=cancel, on_step=callback, cache=cache,
-                                          resume_from_step=resume_from_step)
+                                          resume_from_step=resume_from_step, start=start)
         finally:
             observer.close()
         if cancel is not None and cancel.cancelled:
             raise Cancelled("generation cancelled")
         warnings += [w for w in result.warnings if w not in warnings] + observer.errors
+        if postprocess is not None:
+            result.images = list(postprocess(list(result.images)))
 
         # 3. save each image with its settings and provenance
         t_save = time.perf_counter()

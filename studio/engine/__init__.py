@@ -17,7 +17,7 @@ later run can resume from step k with changed cfg, prompts or hooks.
 from .cache import LatentCache
 from .conditioning import Conditioning, encode_prompts
 from .engine import Engine
-from .hooks import ClassicCFG, ComposableCFG, EmbeddingEdit, GuidanceCombiner, RunHooks, extra_role
+from .hooks import ClassicCFG, ComposableCFG, EmbeddingEdit, GuidanceCombiner, LatentEdit, RunHooks, extra_role
 from .preview import LatentPreviewer, PreviewStream, PreviewThrottle
 from .request import (
     Cancelled, CancelToken, GenerationRequest, GenerationResult, InvalidRequest, StartLatents, StepEvent,
@@ -26,7 +26,8 @@ from .samplers import SAMPLERS, make_scheduler
 
 __all__ = [
     "SAMPLERS", "CancelToken", "Cancelled", "ClassicCFG", "ComposableCFG", "Conditioning", "EmbeddingEdit", "Engine",
-    "GenerationRequest", "GenerationResult", "GuidanceCombiner", "InvalidRequest", "LatentCache", "LatentPreviewer",
+    "GenerationRequest", "GenerationResult", "GuidanceCombiner", "InvalidRequest", "LatentCache", "LatentEdit",
+    "LatentPreviewer",
     "PreviewStream", "PreviewThrottle", "RunHooks", "StartLatents",
     "StepEvent", "encode_prompts", "extra_role", "make_scheduler",
 ]

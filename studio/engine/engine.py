@@ -98,7 +98,7 @@ class Engine:
 
             # 4. denoise
             t0 = perf_counter()
-            latents = self._denoise(req, scheduler, latents, start_step, cond, combiner, hooks.embedding_edits,
+            latents = self._denoise(req, scheduler, latents, start_step, cond, combiner, hooks,
                                     generators, callbacks, cancel, cache)
             timings["denoise"] = self._elapsed(t0)
 
@@ -137,9 +137,10 @@ class Engine:
 
     # ------------------------------------------------------------------ stages
 
-    def _denoise(self, req, scheduler, latents, start, cond: Conditioning, combiner, edits, generators,
+    def _denoise(self, req, scheduler, latents, start, cond: Conditioning, combiner, hooks: RunHooks, generators,
                  callbacks, cancel, cache):
         """Steps ``start..end`` of the loop; returns the final latents."""
+        edits, latent_edits = hooks.embedding_edits, hooks.latent_edits
         unet, batch = self.model.unet, req.batch_size
         roles = cond.roles
         timesteps = scheduler.timesteps
@@ -169,6 +170,8 @@ class Engine:
                 guided = combiner.combine(i, eps, req.cfg)
             x_t = latents
             latents = scheduler.step(guided, t, latents, **extra, return_dict=False)[0]
+            for latent_edit in latent_edits:
+                latents = latent_edit.apply(i, num_steps, latents, scheduler)
             # 4d. observers (x0 is only computed when someone looks)
             if callbacks:
                 a_bar = alpha_bar(scheduler, i, t)

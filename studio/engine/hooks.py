@@ -112,6 +112,15 @@ class ComposableCFG:
         return uncond + cfg * delta
 
 
+@runtime_checkable
+class LatentEdit(Protocol):
+    """Changes the sampler's latents right after step ``step`` (e.g. inpainting: keep the known region on the
+    forward-noised original). ``latents`` are in the sampler's own scale; ``scheduler`` has just stepped, so its
+    ``timesteps[step + 1]`` is the level the latents are now at (none after the last step: clean latents)."""
+
+    def apply(self, step: int, num_steps: int, latents: torch.Tensor, scheduler) -> torch.Tensor: ...
+
+
 AttentionSpec = Mapping[str, object] | Callable[[dict], Mapping[str, object]]
 
 
@@ -126,12 +135,14 @@ class RunHooks:
       factory ``f(original_processors: dict) -> dict``. Installed on the shared
       UNet for this run only. A bare processor is not accepted: build a dict.
     * ``step_callbacks``: called with a :class:`StepEvent` after every step.
+    * ``latent_edits``: :class:`LatentEdit` objects applied to the latents after every sampler step.
     """
 
     embedding_edits: list = field(default_factory=list)
     guidance: GuidanceCombiner | None = None
     attention_processors: AttentionSpec | None = None
     step_callbacks: list[Callable[[StepEvent], None]] = field(default_factory=list)
+    latent_edits: list = field(default_factory=list)
 
 
 def check_hooks(hooks: RunHooks) -> None:
@@ -145,6 +156,9 @@ def check_hooks(hooks: RunHooks) -> None:
     spec = hooks.attention_processors
     if spec is not None and not isinstance(spec, Mapping) and not callable(spec):
         raise InvalidRequest("attention_processors must be a dict {name: processor} or a factory(original) -> dict")
+    for edit in hooks.latent_edits:
+        if not callable(getattr(edit, "apply", None)):
+            raise InvalidRequest(f"latent edit {edit!r} has no apply(step, num_steps, latents, scheduler) method")
     for cb in hooks.step_callbacks:
         if not callable(cb):
             raise InvalidRequest(f"step callback {cb!r} is not callable")

@@ -1,0 +1,164 @@
+"""The editing workbench's controller (no UI imports): change part of an image and keep the rest.
+
+* :meth:`EditingController.img2img`: SDEdit at a strength (the fraction of steps run from the noised image).
+* :meth:`EditingController.inpaint`: repaint the masked region (white / opaque = repaint), the rest kept.
+* :meth:`EditingController.outpaint`: extend the canvas on one side and paint the new area.
+
+Every result is saved (when the controller has a store) with its editing settings in ``controls["editing"]``. The
+techniques are in :mod:`studio.editing`; runs go through the shared :class:`GenerateController` (one engine loop).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from studio.editing import (
+    KnownRegionBlend, composite, extend_canvas, feathered, img2img_start, latent_mask, mask_array, seeded_noise,
+    start_step,
+)
+from studio.engine import CancelToken, Engine, GenerationRequest, InvalidRequest, RunHooks
+from studio.engine.validate import size_rule
+
+from .generate import GenerateController, PreviewCallback, ProgressCallback, Saver
+
+WORKBENCH = "editing"
+DEFAULT_FEATHER_PX = 4.0
+
+
+@dataclass(frozen=True)
+class Img2ImgRequest:
+    """Re-imagine ``image`` under ``base.prompt``; ``strength`` is the fraction of the steps run (0 keeps the image,
+    1 starts from noise)."""
+
+    base: GenerationRequest
+    image: Image.Image
+    strength: float = 0.6
+
+
+@dataclass(frozen=True)
+class InpaintRequest:
+    """Repaint ``mask`` (an image, white or opaque = repaint; or floats in [0, 1]) of ``image`` under
+    ``base.prompt``; ``feather`` softens the mask's edge (pixels); ``strength`` < 1 keeps some of the masked
+    content (img2img inside the mask)."""
+
+    base: GenerationRequest
+    image: Image.Image
+    mask: object
+    feather: float = DEFAULT_FEATHER_PX
+    strength: float = 1.0
+
+
+@dataclass(frozen=True)
+class OutpaintRequest:
+    """Extend ``image`` by ``pixels`` on ``side`` (left, right, top, bottom) and paint the new area."""
+
+    base: GenerationRequest
+    image: Image.Image
+    side: str = "right"
+    pixels: int = 16
+    feather: float = DEFAULT_FEATHER_PX
+
+
+@dataclass(frozen=True)
+class EditOutcome:
+    images: tuple[Image.Image, ...]  # what was saved: for inpainting, composited over the original pixels
+    request: GenerationRequest  # as run: concrete seed and the image's size
+    source: Image.Image  # the input (extended, for outpainting)
+    mask: np.ndarray | None = None  # the feathered mask used (pixel resolution), None for img2img
+    saved: tuple = ()
+    timings: Mapping[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+class EditingController:
+    """Editing on ``model``; ``generator`` (optional) is the shared run-and-save path (its store saves results)."""
+
+    def __init__(self, model, store: Saver | None = None, *, generator: GenerateController | None = None):
+        self.model = model
+        self.engine = Engine(model)
+        self.generator = generator or GenerateController(model, store)
+
+    def defaults(self) -> GenerationRequest:
+        return self.generator.defaults()
+
+    # ---- public
+
+    def img2img(self, request: Img2ImgRequest, *, save: bool = True, cancel: CancelToken | None = None,
+                on_preview: PreviewCallback | None = None, on_progress: ProgressCallback | None = None) -> EditOutcome:
+        # 1. validate
+        base, x0, noise = self._prepare(request.base, request.image)
+        first = start_step(base.steps, request.strength)
+        # 2. run from the noised image
+        start = img2img_start(self.model, base.sampler, base.steps, x0, noise, float(request.strength))
+        controls = {"editing": {"mode": "img2img", "strength": float(request.strength), "start_step": first}}
+        return self._run(base, request.image, None, start, RunHooks(), controls, save, cancel, on_preview,
+                         on_progress)
+
+    def inpaint(self, request: InpaintRequest, *, save: bool = True, cancel: CancelToken | None = None,
+                on_preview: PreviewCallback | None = None, on_progress: ProgressCallback | None = None) -> EditOutcome:
+        # 1. validate
+        base, x0, noise = self._prepare(request.base, request.image)
+        soft = self._mask(request.mask, request.image.size, request.feather)
+        # 2. run: start as img2img (pure noise at strength 1), keep the known region every step
+        start = img2img_start(self.model, base.sampler, base.steps, x0, noise, float(request.strength))
+        blend = KnownRegionBlend(x0, latent_mask(soft, self.model.vae_scale_factor), noise)
+        controls = {"editing": {"mode": "inpaint", "strength": float(request.strength),
+                                "feather": float(request.feather), "mask_fraction": round(float(soft.mean()), 4)}}
+        return self._run(base, request.image, soft, start, RunHooks(latent_edits=[blend]), controls, save, cancel,
+                         on_preview, on_progress)
+
+    def outpaint(self, request: OutpaintRequest, *, save: bool = True, cancel: CancelToken | None = None,
+                 on_preview: PreviewCallback | None = None, on_progress: ProgressCallback | None = None) -> EditOutcome:
+        if not isinstance(request.image, Image.Image):
+            raise InvalidRequest("give an image (PNG, JPEG or WebP)", "image")
+        multiple = size_rule(self.model).multiple
+        extended, new_area = extend_canvas(request.image, request.side, request.pixels, multiple)
+        outcome = self.inpaint(InpaintRequest(request.base, extended, new_area, request.feather, 1.0), save=save,
+                               cancel=cancel, on_preview=on_preview, on_progress=on_progress)
+        return outcome
+
+    # ---- helpers
+
+    def _prepare(self, base: GenerationRequest, image) -> tuple[GenerationRequest, torch.Tensor, torch.Tensor]:
+        if not isinstance(base, GenerationRequest):
+            raise InvalidRequest(f"expected a GenerationRequest, got {type(base).__name__}")
+        if not isinstance(image, Image.Image):
+            raise InvalidRequest("give an image (PNG, JPEG or WebP)", "image")
+        if base.batch_size != 1:
+            raise InvalidRequest(f"an edit makes one image; batch size must be 1, got {base.batch_size}", "batch_size")
+        w, h = image.size
+        rule = size_rule(self.model)
+        if w % rule.multiple or h % rule.multiple or not (rule.minimum <= min(w, h) and max(w, h) <= rule.maximum):
+            raise InvalidRequest(f"the image is {w}x{h}; this model takes sides that are multiples of {rule.multiple} "
+                                 f"in {rule.minimum}..{rule.maximum}; crop or resize it", "image")
+        base = self.generator.prepare(replace(base, width=w, height=h))
+        self.engine.validate(base)
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        x0 = self.engine.encode(pixels[None]).float().cpu()
+        noise = seeded_noise(base.seed, tuple(x0.shape))
+        return base, x0, noise
+
+    @staticmethod
+    def _mask(mask, size: tuple[int, int], feather: float) -> np.ndarray:
+        if mask is None:
+            raise InvalidRequest("paint a mask over the region to repaint", "mask")
+        hard = mask_array(mask, size)
+        if float(hard.max()) <= 0.0:
+            raise InvalidRequest("the mask is empty: paint over the region to repaint", "mask")
+        return feathered(hard, float(feather))
+
+    def _run(self, base, source, soft, start, hooks, controls, save, cancel, on_preview, on_progress) -> EditOutcome:
+        t0 = time.perf_counter()
+        runner = self.generator if save else self.generator.with_store(None)
+        postprocess = (lambda images: [composite(im, source, soft) for im in images]) if soft is not None else None
+        outcome = runner.run(base, cancel=cancel, on_preview=on_preview, on_progress=on_progress, controls=controls,
+                             workbench=WORKBENCH, hooks=hooks, start=start, postprocess=postprocess)
+        return EditOutcome(images=outcome.images, request=outcome.request, source=source, mask=soft,
+                           saved=outcome.saved, timings={**outcome.timings, "total": time.perf_counter() - t0},
+                           warnings=outcome.warnings)

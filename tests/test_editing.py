@@ -1,0 +1,193 @@
+"""The editing workbench: img2img, inpainting (mask blending arithmetic, the known region kept), outpainting, the
+``edit`` CLI. Structure on the tiny random SD model; behaviour on Tiny World."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from studio.cli import main
+from studio.controllers.edit import EditingController, Img2ImgRequest, InpaintRequest, OutpaintRequest
+from studio.editing import (
+    KnownRegionBlend, composite, extend_canvas, feathered, latent_mask, mask_array, seeded_noise, start_step,
+)
+from studio.engine import Engine, GenerationRequest, InvalidRequest, RunHooks, make_scheduler
+from studio.outputs import read_image_settings
+from studio.tinyworld.analyzer import analyze
+from studio.tinyworld.scenes import SceneObject, scene_from_objects
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+BASE = GenerationRequest(prompt="a blue square", steps=4, cfg=5.0, seed=3)
+
+
+def source_image() -> Image.Image:
+    image = Image.new("RGB", (64, 64), (20, 20, 20))
+    image.paste((220, 40, 40), (8, 8, 30, 30))
+    return image
+
+
+def right_half() -> np.ndarray:
+    mask = np.zeros((64, 64), np.float32)
+    mask[:, 32:] = 1.0
+    return mask
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+
+def test_mask_helpers():
+    rgba = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    rgba.paste((255, 0, 0, 255), (0, 0, 16, 32))
+    m = mask_array(rgba, (32, 32))
+    assert m[:, :16].min() == 1.0 and m[:, 16:].max() == 0.0  # alpha is the mask for RGBA
+    assert mask_array(Image.new("L", (16, 16), 255), (32, 32)).shape == (32, 32)
+    soft = feathered(right_half(), 4)
+    assert soft[:, :24].max() < 0.05 and soft[:, 40:].min() > 0.95 and 0.2 < soft[0, 32] < 0.8
+    lat = latent_mask(right_half(), 8)
+    assert lat.shape == (1, 1, 8, 8) and lat[0, 0, :, :4].max() == 0 and lat[0, 0, :, 4:].min() == 1
+    a, b = Image.new("RGB", (4, 4), (200, 0, 0)), Image.new("RGB", (4, 4), (0, 0, 100))
+    half = np.full((4, 4), 0.5, np.float32)
+    assert np.asarray(composite(a, b, half))[0, 0].tolist() == [100, 0, 50]
+    wide, new_area = extend_canvas(source_image(), "left", 10, 16)
+    assert wide.size == (80, 64) and new_area[:, :16].min() == 1 and new_area[:, 16:].max() == 0
+    assert np.array_equal(np.asarray(wide)[:, 16:], np.asarray(source_image()))
+    assert start_step(20, 0.6) == 8 and start_step(20, 1.0) == 0
+    with pytest.raises(InvalidRequest, match="strength must be in"):
+        start_step(20, 0.0)
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "Euler", "DPM++ 2M"])
+def test_known_region_blend_keeps_the_noised_original(tiny_model, sampler):
+    scheduler = make_scheduler(tiny_model.scheduler_config, sampler)
+    scheduler.set_timesteps(4)
+    x0 = torch.randn(1, 4, 8, 8)
+    noise = torch.randn(1, 4, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 4:] = 1
+    blend = KnownRegionBlend(x0, mask, noise)
+    latents = torch.full((1, 4, 8, 8), 7.0)
+    # the sampler's scale at the next level: scale_model_input maps it back to sqrt(a) x0 + sqrt(1 - a) noise
+    scheduler.step(torch.zeros_like(x0), scheduler.timesteps[0], torch.randn(1, 4, 8, 8))
+    out = blend.apply(0, 4, latents, scheduler)
+    assert torch.equal(out[..., 4:], latents[..., 4:])
+    from studio.engine.samplers import alpha_bar
+
+    a = alpha_bar(scheduler, 1, scheduler.timesteps[1])
+    vp = scheduler.scale_model_input(out, scheduler.timesteps[1])
+    assert torch.allclose(vp[..., :4], (a ** 0.5 * x0 + (1 - a) ** 0.5 * noise)[..., :4], atol=1e-4)
+    assert torch.equal(blend.apply(3, 4, latents, scheduler)[..., :4], x0[..., :4])  # clean after the last step
+
+
+# ----------------------------------------------------------------------------- controller
+
+
+def test_inpaint_keeps_pixels_outside_the_mask(tiny_model, tmp_path):
+    controller = EditingController(tiny_model)
+    out = controller.inpaint(InpaintRequest(BASE, source_image(), right_half(), feather=2), save=False)
+    result, source = np.asarray(out.images[0], int), np.asarray(source_image(), int)
+    outside = out.mask == 0
+    assert outside.sum() > 1000 and np.array_equal(result[outside], source[outside])
+    assert np.abs(result[:, 40:] - source[:, 40:]).mean() > 5  # the masked half was repainted
+
+
+def test_img2img_runs_the_last_steps_only(tiny_model):
+    controller = EditingController(tiny_model)
+    seen = []
+    controller.img2img(Img2ImgRequest(replace(BASE, steps=8), source_image(), 0.25), save=False,
+                       on_progress=lambda step, total: seen.append(step))
+    assert len(seen) == 2  # round(0.25 * 8) steps were run
+    # strength 1 starts from the engine's own noise for the seed: the picture of a plain run (up to the tiny signal
+    # the first timestep still holds)
+    strong = controller.img2img(Img2ImgRequest(BASE, source_image(), 1.0), save=False).images[0]
+    plain = Engine(tiny_model).generate(replace(BASE, width=64, height=64)).images[0]
+    assert np.abs(np.asarray(plain, int) - np.asarray(strong, int)).mean() < 3
+
+
+@pytest.mark.slow
+def test_img2img_strength_on_tinyworld(tiny_models):
+    controller = EditingController(tiny_models("tinyworld"))
+    scene = scene_from_objects("black", [SceneObject("circle", "red", "large", 15.0, 32.0, 32.0)])
+    base = replace(controller.defaults(), prompt="a large blue circle on a black background", seed=2)
+    diff = {s: np.abs(np.asarray(controller.img2img(Img2ImgRequest(base, scene.image, s), save=False).images[0],
+                                 int) - np.asarray(scene.image, int)).mean() for s in (0.2, 0.9)}
+    assert diff[0.2] < diff[0.9]
+    recoloured = controller.img2img(Img2ImgRequest(base, scene.image, 0.9), save=False).images[0]
+    assert [o.colour for o in analyze(recoloured).objects] == ["blue"]
+
+
+def test_outpaint_extends_the_canvas(tiny_model):
+    out = EditingController(tiny_model).outpaint(OutpaintRequest(BASE, source_image(), "bottom", 8), save=False)
+    assert out.images[0].size == (64, 72) and out.request.height == 72  # 8 px rounded up to the size rule's multiple
+    assert np.array_equal(np.asarray(out.images[0])[:52], np.asarray(source_image())[:52])  # kept above the seam
+
+
+def test_bad_edit_requests(tiny_model):
+    controller = EditingController(tiny_model)
+    with pytest.raises(InvalidRequest, match="mask is empty"):
+        controller.inpaint(InpaintRequest(BASE, source_image(), np.zeros((64, 64))), save=False)
+    with pytest.raises(InvalidRequest, match="the image is 60x64"):
+        controller.img2img(Img2ImgRequest(BASE, Image.new("RGB", (60, 64)), 0.5), save=False)
+    with pytest.raises(InvalidRequest, match="side must be one of"):
+        controller.outpaint(OutpaintRequest(BASE, source_image(), "diagonal", 8), save=False)
+    with pytest.raises(InvalidRequest, match="batch size must be 1"):
+        controller.img2img(Img2ImgRequest(replace(BASE, batch_size=2), source_image()), save=False)
+
+
+def test_latent_edit_hooks_are_validated(tiny_model):
+    with pytest.raises(InvalidRequest, match="latent edit"):
+        Engine(tiny_model).generate(BASE, hooks=RunHooks(latent_edits=[object()]))
+
+
+@pytest.mark.slow
+def test_inpainting_paints_the_prompted_object_on_tinyworld(tiny_models):
+    controller = EditingController(tiny_models("tinyworld"))
+    scene = scene_from_objects("black", [SceneObject("circle", "red", "large", 15.0, 17.0, 32.0)])
+    hits = 0
+    for seed in range(4):
+        base = replace(controller.defaults(), prompt="a large blue square on a black background", seed=seed)
+        out = controller.inpaint(InpaintRequest(base, scene.image, right_half()), save=False)
+        objects = analyze(out.images[0]).objects
+        hits += any(o.colour == "blue" and o.cx > 32 for o in objects)
+        assert any(o.colour == "red" and o.shape == "circle" for o in objects)  # the known circle is kept
+    assert hits >= 3
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def run_cli(model, *argv):
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["edit", *map(str, argv)], load_model=lambda spec, **kw: model, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_inpaint_writes_an_image_with_its_settings(tiny_model, tmp_path):
+    source_image().save(tmp_path / "in.png")
+    Image.fromarray((right_half() * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    code, out, err = run_cli(tiny_model, "inpaint", "--image", tmp_path / "in.png", "--mask", tmp_path / "mask.png",
+                             "--prompt", "a blue square", "--steps", 3, "--out", tmp_path / "out.png", "--json")
+    assert code == 0, err
+    assert json.loads(out)["size"] == [64, 64]
+    settings = read_image_settings(tmp_path / "out.png")
+    assert settings.workbench == "editing" and settings.controls["editing"]["mode"] == "inpaint"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["inpaint", "--image", "{img}", "--prompt", "x", "--out", "o.png"], "needs --mask"),
+    (["img2img", "--image", "missing.png", "--prompt", "x", "--out", "o.png"], "no such file"),
+    (["img2img", "--image", "{img}", "--prompt", "x", "--out", "o.jpg"], "must be a .png"),
+    (["img2img", "--image", "{img}", "--prompt", "x", "--out", "o.png", "--strength", "2"], "strength must be in"),
+    (["outpaint", "--image", "{img}", "--prompt", "x", "--out", "o.png", "--pixels", "0"], "whole number of pixels"),
+])
+def test_cli_bad_input_is_one_clear_line(tiny_model, tmp_path, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)
+    source_image().save(tmp_path / "in.png")
+    code, out, err = run_cli(tiny_model, *[a.replace("{img}", str(tmp_path / "in.png")) for a in argv])
+    assert code == 2 and words in err and err.count("\n") == 1
