@@ -34,7 +34,7 @@ def test_title_tabs_and_key_elements(demo):
 
     assert TITLE == "Controllable Diffusion Studio" and demo.title == TITLE
     tabs = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
-    assert tabs == ["Generate", "Attributes", "Composition", "Inspection", "History"]  # no placeholder tabs
+    assert tabs == ["Generate", "Attributes", "Composition", "Editing", "Inspection", "History"]  # no placeholder tabs
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"prompt", "negative_prompt", "sampler", "steps", "cfg", "seed", "width", "height", "batch_size",
             "generate", "stop", "preview", "progress", "gallery", "status", "examples", "settings_file",

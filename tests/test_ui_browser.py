@@ -415,3 +415,43 @@ def test_inspection_in_the_browser(studio, browser):
             page.screenshot(path=str(ROOT / "docs" / "inspection.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_inpainting_in_the_browser(studio, browser):
+    """Draw a Tiny World scene, paint a mask over its right half, inpaint: the left half stays the input's pixels and
+    the result is saved with its editing settings."""
+    import numpy as np
+
+    from studio.outputs import read_image_settings
+
+    url, outputs = studio
+    context, page = open_studio(browser, url)
+    try:
+        page.get_by_role("tab", name="Editing").click()
+        page.wait_for_selector("#edit_scene", state="visible")
+        set_number(page, "edit_scene_seed", 7)
+        page.click("#edit_scene")
+        wait_until(lambda: image_src(page, "edit_source"), 30, "the scene")
+        source = fetch_image(page, image_src(page, "edit_source"))
+        page.locator("#edit_mask button[aria-label='Brush']").first.click()
+        canvas = page.locator("#edit_mask canvas").first
+        box = canvas.bounding_box()
+        x, y = box["x"] + box["width"] / 2 + 50, box["y"] + box["height"] / 2  # right of the centred image's middle
+        page.mouse.move(x, y - 80)
+        page.mouse.down()
+        for k in range(1, 9):
+            page.mouse.move(x, y - 80 + 20 * k)
+            time.sleep(0.05)
+        page.mouse.up()
+        set_number(page, "edit_steps", 10)
+        page.click("#edit_run")
+        wait_until(lambda: "inpaint done" in page.inner_text("#edit_status"), RUN_TIMEOUT, "the inpainting")
+        assert "Traceback" not in page.inner_text("body")
+        result = fetch_image(page, image_src(page, "edit_result"))
+        assert result.size == source.size == (64, 64)
+        a, b = np.asarray(result, dtype=np.int16), np.asarray(source, dtype=np.int16)
+        assert np.array_equal(a[:, :32], b[:, :32]), "outside the painted stroke the input must be kept"
+        saved = sorted(outputs.rglob("*.png"), key=lambda p: p.stat().st_mtime)[-1]
+        assert read_image_settings(saved).controls["editing"]["mode"] == "inpaint"
+    finally:
+        context.close()

@@ -18,6 +18,7 @@ from studio.presets import PresetError, load_presets
 
 from .attributes_tab import AttributesHandlers, AttributesSession, build_attributes_tab
 from .composition_tab import CompositionHandlers, CompositionSession, build_composition_tab
+from .editing_tab import EditingHandlers, EditingSession, build_editing_tab
 from .generate_tab import GenerateHandlers, build_generate_tab
 from .history_tab import GENERATE_TAB_ID, HISTORY_TAB_ID, HistoryHandlers, build_history_tab
 from .inspection_tab import InspectionHandlers, InspectionSession, build_inspection_tab
@@ -33,6 +34,8 @@ CSS = """
 #attr_image img, #attr_zero img { width: 100%; height: 100%; object-fit: contain; }
 #compose_image img, #compose_mono img, #blend_gallery img { image-rendering: pixelated; }
 #compose_image img, #compose_mono img { width: 100%; height: 100%; object-fit: contain; }
+#edit_source img, #edit_result img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+#edit_mask canvas { image-rendering: pixelated; }
 #inspect_image img, #inspect_attention img, #inspect_xt img, #inspect_x0 img, #inspect_decomposition img,
 #inspect_branch_gallery img, #inspect_probe img { image-rendering: pixelated; }
 #inspect_image img, #inspect_attention img, #inspect_xt img, #inspect_x0 img { width: 100%; height: 100%;
@@ -83,7 +86,10 @@ def build_app(model, outputs_dir, *, examples_path=None, controller=None, store=
 
     composition_handlers = CompositionHandlers(CompositionController(model, generator=controller))
 
+    from studio.controllers.edit import EditingController
     from studio.controllers.inspect import InspectionController
+
+    editing_handlers = EditingHandlers(EditingController(model, generator=controller))
 
     inspection_handlers = InspectionHandlers(InspectionController(model, generator=controller), outputs_dir,
                                              attributes=attributes_handlers.controller)
@@ -103,6 +109,9 @@ def build_app(model, outputs_dir, *, examples_path=None, controller=None, store=
             with gr.Tab("Composition", id="composition", elem_id="tab_composition"):
                 composition_state = gr.State(CompositionSession(), delete_callback=CompositionSession.close)
                 build_composition_tab(composition_handlers, composition_state)
+            with gr.Tab("Editing", id="editing", elem_id="tab_editing"):
+                editing_state = gr.State(EditingSession(), delete_callback=EditingSession.close)
+                build_editing_tab(editing_handlers, editing_state)
             with gr.Tab("Inspection", id="inspection", elem_id="tab_inspection"):
                 inspection_state = gr.State(InspectionSession(), delete_callback=InspectionSession.close)
                 build_inspection_tab(inspection_handlers, inspection_state)

@@ -1,0 +1,225 @@
+"""The Editing tab: img2img, inpainting with a painted mask, outpainting. Widgets only; the work is
+:class:`~studio.controllers.edit.EditingController`'s. Per-user state lives in :class:`EditingSession`.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+import gradio as gr
+
+from studio.attributes.definitions import model_kind
+from studio.controllers.edit import EditingController, Img2ImgRequest, InpaintRequest, OutpaintRequest
+from studio.editing import SIDES
+from studio.engine import SAMPLERS, Cancelled, CancelToken
+
+from .errors import USER_ERRORS, status_html, unexpected_message, user_message
+from .generate_tab import FormLimits, progress_html
+
+MODES = ("inpaint", "img2img", "outpaint")
+EDITOR_SIDE = 256  # small images are shown enlarged (nearest) so a brush can paint them
+
+
+@dataclass
+class EditingSession:
+    """One browser session's run state (never shared between sessions)."""
+
+    cancel: CancelToken | None = None
+
+    def __deepcopy__(self, memo):  # gr.State copies its initial value per session: start idle
+        return EditingSession()
+
+    def close(self) -> None:
+        if self.cancel is not None:
+            self.cancel.cancel()
+
+
+def enlarged(image: Image.Image) -> Image.Image:
+    k = max(1, math.ceil(EDITOR_SIDE / max(1, min(image.size))))
+    return image.resize((image.width * k, image.height * k), Image.NEAREST) if k > 1 else image
+
+
+def painted_mask(editor_value: Any) -> np.ndarray | None:
+    """The union of the painted layers' alpha as floats in [0, 1] (editor resolution), or None if nothing painted."""
+    if not isinstance(editor_value, dict):
+        return None
+    alpha = None
+    for layer in editor_value.get("layers") or []:
+        a = np.asarray(layer)
+        if a.ndim == 3 and a.shape[2] == 4:
+            a = a[..., 3].astype(np.float32) / 255.0
+            alpha = a if alpha is None else np.maximum(alpha, a)
+    if alpha is None or float(alpha.max()) <= 0:
+        return None
+    return alpha
+
+
+class EditingHandlers:
+    """Event handlers (plain functions of form values, testable without a browser)."""
+
+    def __init__(self, controller: EditingController):
+        self.controller = controller
+        self.defaults = controller.defaults()
+        self.tinyworld = model_kind(controller.model) == "tinyworld"
+
+    def to_editor(self, image):
+        """Show the input in the mask editor (enlarged when small), nothing painted."""
+        if image is None:
+            return None
+        big = enlarged(image.convert("RGB"))
+        return {"background": big, "layers": [], "composite": big}
+
+    def scene(self, seed):
+        """A drawn Tiny World scene to edit (ground truth you can check)."""
+        from studio.tinyworld.scenes import SceneSpec, generate_scene
+
+        try:
+            number = int(seed)
+        except (TypeError, ValueError):
+            number = 0
+        image = generate_scene(abs(number), SceneSpec(n_objects=1)).image
+        return image, self.to_editor(image)
+
+    def request(self, mode, image, editor, prompt, negative, seed, steps, cfg, sampler, strength, feather, side,
+                pixels):
+        if image is None:
+            raise ValueError("upload an input image first" + (" (or draw a Tiny World scene)" if self.tinyworld
+                                                               else ""))
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        limits = FormLimits.for_model(self.controller.model, self.defaults)
+        base = limits.fixed_seed_request(self.defaults, why="an edit can be repeated and compared", seed=seed,
+                                         steps=steps, cfg=cfg, prompt=prompt, negative_prompt=negative)
+        base = replace(base, sampler=limits.check("sampler", sampler))
+        image = image.convert("RGB")
+        if mode == "img2img":
+            return Img2ImgRequest(base, image, float(strength))
+        if mode == "outpaint":
+            return OutpaintRequest(base, image, str(side), int(pixels), float(feather))
+        mask = painted_mask(editor)
+        if mask is None:
+            raise ValueError("paint over the region to repaint in the mask editor first")
+        return InpaintRequest(base, image, mask, float(feather), float(strength))
+
+    def run(self, session: EditingSession, *form):
+        """Generator: yields (result image, progress, status)."""
+        session = session if session is not None else EditingSession()
+        try:
+            request = self.request(*form)
+        except USER_ERRORS as e:
+            yield gr.skip(), gr.skip(), status_html(user_message(e), "error")
+            return
+        if session.cancel is not None:
+            yield gr.skip(), gr.skip(), status_html("a run is in progress; stop it first", "warning")
+            return
+        token = CancelToken()
+        session.cancel = token
+        events: queue.Queue = queue.Queue()
+        result: dict = {}
+        method = {Img2ImgRequest: self.controller.img2img, InpaintRequest: self.controller.inpaint,
+                  OutpaintRequest: self.controller.outpaint}[type(request)]
+
+        def work():
+            try:
+                result["outcome"] = method(request, cancel=token,
+                                           on_preview=lambda im, step, total: events.put((im, step, total)),
+                                           on_progress=lambda step, total: events.put((None, step, total)))
+            except BaseException as e:  # noqa: BLE001 - reported below
+                result["error"] = e
+            finally:
+                events.put(None)
+
+        worker = threading.Thread(target=work, name="studio-edit", daemon=True)
+        t0 = time.perf_counter()
+        worker.start()
+        try:
+            ended = False
+            while not ended:
+                batch = [events.get()] + [events.get() for _ in range(events.qsize())]
+                ended = any(e is None for e in batch)
+                seen = [e for e in batch if e is not None]
+                frames = [e[0] for e in seen if e[0] is not None]
+                if seen:
+                    yield (frames[-1] if frames else gr.skip(), progress_html(seen[-1][1], seen[-1][2]), gr.skip())
+            worker.join()
+        finally:
+            session.cancel = None
+        error = result.get("error")
+        if isinstance(error, Cancelled):
+            yield gr.skip(), progress_html(0, 1, "stopped"), status_html("stopped", "warning")
+            return
+        if error is not None:
+            message = user_message(error) if isinstance(error, USER_ERRORS) else unexpected_message(error, "edit")
+            yield gr.skip(), progress_html(0, 1, "failed"), status_html(message, "error")
+            return
+        out = result["outcome"]
+        saved = f"; saved {getattr(out.saved[0], 'relative_path', out.saved[0])}" if out.saved else ""
+        yield (out.images[0], progress_html(1, 1, f"{time.perf_counter() - t0:.1f} s"),
+               status_html(f"{type(request).__name__.removesuffix('Request').lower()} done "
+                           f"({out.request.width}x{out.request.height}, seed {out.request.seed}){saved}", "ok"))
+
+    def stop(self, session: EditingSession):
+        if session is not None and session.cancel is not None:
+            session.cancel.cancel()
+            return status_html("stopping…", "warning")
+        return status_html("nothing is running", "info")
+
+
+def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
+    d = handlers.defaults
+    tinyworld = handlers.tinyworld
+    with gr.Row():
+        with gr.Column(scale=5):
+            mode = gr.Radio(list(MODES), value="inpaint", label="Mode", elem_id="edit_mode")
+            with gr.Row():
+                source = gr.Image(label="Input image", type="pil", sources=["upload", "clipboard"], height=220,
+                                  elem_id="edit_source")
+                if tinyworld:
+                    with gr.Column():
+                        scene_seed = gr.Number(value=1, precision=0, label="Scene seed", elem_id="edit_scene_seed")
+                        scene = gr.Button("Draw a Tiny World scene", elem_id="edit_scene")
+            editor = gr.ImageEditor(label="Mask: paint over what to repaint (inpaint)", type="numpy",
+                                    image_mode="RGBA", sources=(), transforms=(), layers=False, height=300,
+                                    brush=gr.Brush(colors=["#e53935"], default_size=32, color_mode="fixed"),
+                                    elem_id="edit_mask")
+            prompt = gr.Textbox(value="a large blue square on a black background" if tinyworld else "",
+                                label="Prompt (what to paint)", elem_id="edit_prompt")
+            negative = gr.Textbox(value=d.negative_prompt, label="Negative prompt", elem_id="edit_negative")
+            with gr.Row():
+                seed = gr.Number(value=1, precision=0, label="Seed", elem_id="edit_seed")
+                steps = gr.Slider(1, 150, value=d.steps, step=1, label="Steps", elem_id="edit_steps")
+                cfg = gr.Slider(0, 30, value=d.cfg, step=0.5, label="CFG scale", elem_id="edit_cfg")
+                sampler = gr.Dropdown(list(SAMPLERS), value=d.sampler, label="Sampler", elem_id="edit_sampler")
+            with gr.Row():
+                strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength (fraction of steps run)",
+                                     elem_id="edit_strength")
+                feather = gr.Slider(0, 16, value=4, step=1, label="Mask feather (px)", elem_id="edit_feather")
+            with gr.Row():
+                side = gr.Dropdown(list(SIDES), value="right", label="Outpaint side", elem_id="edit_side")
+                pixels = gr.Slider(8, 128, value=16, step=8, label="Outpaint by (px)", elem_id="edit_pixels")
+            with gr.Row():
+                run = gr.Button("Edit", variant="primary", elem_id="edit_run")
+                stop = gr.Button("Stop", variant="stop", elem_id="edit_stop")
+            progress = gr.HTML(progress_html(0, 1, "idle"), elem_id="edit_progress")
+            status = gr.HTML(status_html("Load an image, paint a mask, describe what to paint, Edit."),
+                             elem_id="edit_status")
+        with gr.Column(scale=5):
+            result = gr.Image(label="Result (live preview while it runs)", type="pil", format="png",
+                              interactive=False, height=300, elem_id="edit_result")
+
+    gpu = dict(concurrency_limit=1, concurrency_id="gpu", show_progress="hidden")
+    light = dict(concurrency_limit=None, concurrency_id="light", show_progress="hidden")
+    source.upload(handlers.to_editor, inputs=[source], outputs=[editor], **light)
+    if tinyworld:
+        scene.click(handlers.scene, inputs=[scene_seed], outputs=[source, editor], **light)
+    form = [mode, source, editor, prompt, negative, seed, steps, cfg, sampler, strength, feather, side, pixels]
+    run.click(handlers.run, inputs=[state, *form], outputs=[result, progress, status], **gpu)
+    stop.click(handlers.stop, inputs=[state], outputs=[status], **light)

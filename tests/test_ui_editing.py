@@ -1,0 +1,57 @@
+"""The Editing tab's handlers, without a browser: the painted mask reaches the controller, results stream, bad
+input is a message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.controllers.edit import EditingController
+from studio.ui.editing_tab import EditingHandlers, EditingSession, painted_mask
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.fixture
+def handlers(tiny_model):
+    return EditingHandlers(EditingController(tiny_model))
+
+
+def form(image, editor, mode="inpaint", **over):
+    values = dict(mode=mode, image=image, editor=editor, prompt="a blue square", negative="", seed=1, steps=3,
+                  cfg=5.0, sampler="DPM++ 2M", strength=1.0, feather=2, side="right", pixels=16)
+    values.update(over)
+    return list(values.values())
+
+
+def editor_with_paint(handlers, image):
+    value = handlers.to_editor(image)
+    layer = np.zeros((*value["background"].size[::-1], 4), np.uint8)
+    layer[:, layer.shape[1] // 2:, 3] = 255  # the right half painted
+    value["layers"] = [layer]
+    return value
+
+
+def test_inpaint_from_a_painted_editor(handlers):
+    image = Image.new("RGB", (64, 64), (20, 20, 20))
+    editor = editor_with_paint(handlers, image)
+    assert editor["background"].size == (256, 256)  # shown enlarged for painting
+    mask = painted_mask(editor)
+    assert mask.shape == (256, 256) and mask[:, 200].min() == 1.0 and mask[:, 10].max() == 0.0
+    frames = list(handlers.run(EditingSession(), *form(image, editor)))
+    result, status = frames[-1][0], frames[-1][2]
+    assert "inpaint done (64x64, seed 1)" in status
+    assert np.array_equal(np.asarray(result)[:, :24], np.asarray(image)[:, :24])  # unpainted side kept
+
+
+def test_other_modes_and_messages(handlers):
+    image = Image.new("RGB", (64, 64), (20, 20, 20))
+    frames = list(handlers.run(EditingSession(), *form(image, handlers.to_editor(image), mode="outpaint")))
+    assert frames[-1][0].size == (80, 64) and "outpaint done (80x64" in frames[-1][2]
+    frames = list(handlers.run(EditingSession(), *form(image, None, mode="img2img", strength=0.5)))
+    assert "img2img done" in frames[-1][2]
+    assert "paint over the region" in list(handlers.run(EditingSession(), *form(image, handlers.to_editor(image))))[-1][2]
+    assert "upload an input image" in list(handlers.run(EditingSession(), *form(None, None)))[-1][2]
+    assert "seed must be a fixed number" in list(handlers.run(EditingSession(), *form(image, None, mode="img2img",
+                                                                                        seed=-1)))[-1][2]
