@@ -14,9 +14,11 @@ classifier   generator scenes with one object (not model samples): its shape amo
 information  generator scenes with one object, prompt "a <size> <colour> <shape> on a <background> background":
              the information map of the shape word (given the rest of the prompt); share of its mass inside the
              object's mask, and inside the mask grown by 4 px (one latent cell), beside the mask's share of the image.
-cost         per-step p50 of the same request: plain engine run; engine run with attention capture; a whole
-             inspection run (InspectionController.run: attention + every step recorded), wall time; and plain runs
-             before any inspection run vs after several (processors removed, nothing left behind).
+cost         interleaved rounds of the same request: a plain engine run; an engine run with attention capture
+             (per-step p50); a whole inspection run (InspectionController.run: attention + every step recorded) vs
+             the plain run (wall p50); a plain run right after the inspection run vs the round's first plain run
+             (per-step p50: the processors are gone and nothing is left behind), and as a control of order effects
+             a second plain run in a row vs the first.
 
     python bench/inspection.py [--parts attention,classifier,information,cost] [--n 50] [--threads 1]
 """
@@ -169,13 +171,14 @@ def information(model, n: int, levels: int, samples: int, seed0: int = 60_000) -
 
 
 def cost(model, base: GenerationRequest, repeats: int) -> dict:
+    """Interleaved: plain, capture, inspection, plain-right-after-inspection, per round; per-step p50s."""
     engine = Engine(model)
     controller = InspectionController(model)
     side = model.default_size // model.vae_scale_factor
     req = replace(base, prompt="a large red circle on a black background", seed=0, batch_size=1)
     engine.generate(replace(req, steps=2))
-    before = [engine.generate(req).timings["per_step"] for _ in range(repeats)]
-    times = {"plain": [], "capture": [], "plain_wall": [], "inspection_wall": []}
+    times = {"plain": [], "capture": [], "plain_wall": [], "inspection_wall": [], "plain_after_inspection": [],
+             "plain_after_plain": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
         times["plain"].append(engine.generate(req).timings["per_step"])
@@ -185,11 +188,13 @@ def cost(model, base: GenerationRequest, repeats: int) -> dict:
         t0 = time.perf_counter()
         controller.run(InspectRequest(req))
         times["inspection_wall"].append(time.perf_counter() - t0)
-    after = [engine.generate(req).timings["per_step"] for _ in range(repeats)]
-    p50 = {k: summary(v)["p50_s"] for k, v in {**times, "plain_before": before, "plain_after": after}.items()}
+        times["plain_after_inspection"].append(engine.generate(req).timings["per_step"])
+        times["plain_after_plain"].append(engine.generate(req).timings["per_step"])
+    p50 = {k: summary(v)["p50_s"] for k, v in times.items()}
     return {"repeats": repeats, "p50_s": p50, "capture_over_plain": p50["capture"] / p50["plain"],
             "inspection_run_over_plain_run": p50["inspection_wall"] / p50["plain_wall"],
-            "plain_after_over_before": p50["plain_after"] / p50["plain_before"]}
+            "plain_after_inspection_over_plain": p50["plain_after_inspection"] / p50["plain"],
+            "plain_after_plain_over_plain": p50["plain_after_plain"] / p50["plain"]}
 
 
 PARTS = ("attention", "classifier", "information", "cost")
@@ -248,8 +253,10 @@ def main() -> int:
                       r["grown_mask_share_of_image"]]])
     if "cost" in parts:
         r = results["cost"] = cost(model, base, args.repeats)
-        print_table(["capture / plain (per step)", "inspection run / plain run (wall)", "plain after / before"],
-                    [[r["capture_over_plain"], r["inspection_run_over_plain_run"], r["plain_after_over_before"]]])
+        print_table(["capture / plain (per step)", "inspection run / plain run (wall)",
+                     "plain after inspection / plain", "control: plain after plain / plain"],
+                    [[r["capture_over_plain"], r["inspection_run_over_plain_run"],
+                      r["plain_after_inspection_over_plain"], r["plain_after_plain_over_plain"]]])
     results["machine"] = machine(model.device)
     print(f"wrote {write_results(args.name, results, args.out)}")
     return 0
