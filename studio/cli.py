@@ -237,6 +237,20 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
+def read_image_arg(path: str, flag: str):
+    """The image file given to ``--flag`` (loaded, file closed), or a :class:`UsageError` saying what is wrong."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except FileNotFoundError:
+        raise UsageError(f"--{flag} {path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UsageError(f"--{flag} {path}: not a readable image ({e}); use PNG, JPEG or WebP") from None
+
+
 def check_sampler(name: str) -> str:
     """The engine's spelling of ``name`` (A1111 aliases like ``euler_a`` accepted)."""
     from studio.engine import SAMPLERS

@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from studio.cli import PROG, Context, UsageError, _quiet_libraries, _rounded, check_sampler
+from studio.cli import PROG, Context, UsageError, _quiet_libraries, _rounded, check_sampler, read_image_arg
 
 EPILOG = f"""\
 modes:
@@ -55,19 +55,6 @@ def add_edit_parser(sub) -> None:
     p.set_defaults(handler=cmd_edit)
 
 
-def _open(path: str, what: str):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except FileNotFoundError:
-        raise UsageError(f"--{what} {path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise UsageError(f"--{what} {path}: not a readable image ({e}); use PNG, JPEG or WebP") from None
-
-
 def cmd_edit(args: argparse.Namespace, ctx: Context) -> int:
     t_start = time.perf_counter()
     with _quiet_libraries(enabled=True):
@@ -86,8 +73,8 @@ def cmd_edit(args: argparse.Namespace, ctx: Context) -> int:
             raise UsageError(f"--out {out} is a folder")
         if args.mode == "inpaint" and not args.mask:
             raise UsageError("edit inpaint needs --mask (white or opaque = repaint)")
-        image = _open(args.image, "image").convert("RGB")
-        mask = _open(args.mask, "mask") if args.mode == "inpaint" else None
+        image = read_image_arg(args.image, "image").convert("RGB")
+        mask = read_image_arg(args.mask, "mask") if args.mode == "inpaint" else None
         sampler = check_sampler(args.sampler) if args.sampler else None
 
         # 2. model and controller (saving to --out)

@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from studio.cli import PROG, Context, UsageError, _quiet_libraries, _rounded, check_sampler
+from studio.cli import PROG, Context, UsageError, _quiet_libraries, _rounded, check_sampler, read_image_arg
 
 EPILOG = f"""\
 actions:
@@ -74,18 +74,6 @@ def _need(args, *names: str) -> None:
         raise UsageError(f"inspect {args.action} needs {', '.join(missing)}")
 
 
-def _open_image(path: str):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise UsageError(f"--image {path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise UsageError(f"--image {path}: not a readable image ({e}); use PNG, JPEG or WebP") from None
-
-
 def cmd_inspect(args: argparse.Namespace, ctx: Context) -> int:
     t_start = time.perf_counter()
     with _quiet_libraries(enabled=True):
@@ -110,7 +98,7 @@ def cmd_inspect(args: argparse.Namespace, ctx: Context) -> int:
         out_dir = Path(args.out_dir) if args.out_dir else None
         if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
             raise UsageError(f"--out-dir {out_dir} exists and is not a folder")
-        image = _open_image(args.image) if args.image else None
+        image = read_image_arg(args.image, "image").convert("RGB") if args.image else None
         stages = parse_stages(args.stages) if action == "classify" else None
         if args.sampler:
             args.sampler = check_sampler(args.sampler)

@@ -267,6 +267,27 @@ def image_src(page, elem_id: str) -> str | None:
     return srcs[-1] if srcs else None
 
 
+def screenshot_if_asked(page, name: str, full_page: bool = False) -> None:
+    """With STUDIO_UPDATE_SCREENSHOT=1, save the page as docs/NAME.png (the README's pictures)."""
+    if os.environ.get("STUDIO_UPDATE_SCREENSHOT") == "1":
+        page.mouse.move(0, 0)
+        page.screenshot(path=str(ROOT / "docs" / f"{name}.png"), full_page=full_page)
+
+
+def paint_stroke(page, editor_id: str, start: tuple[float, float], step: tuple[float, float], moves: int = 8) -> None:
+    """Pick the brush of an ImageEditor and drag a stroke from ``start`` (pixels from the canvas centre) in
+    ``moves`` moves of ``step``."""
+    page.locator(f"#{editor_id} button[aria-label='Brush']").first.click()
+    box = page.locator(f"#{editor_id} canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2 + start[0], box["y"] + box["height"] / 2 + start[1]
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for k in range(1, moves + 1):
+        page.mouse.move(x + step[0] * k, y + step[1] * k)
+        time.sleep(0.05)
+    page.mouse.up()
+
+
 def test_attribute_slider_in_the_browser(studio, browser):
     """Drag the size slider: the image follows (live drafts, then a full render on release) beside the image at
     zero; then a sweep fills the filmstrip and offers an animated WebP."""
@@ -314,9 +335,7 @@ def test_attribute_slider_in_the_browser(studio, browser):
         wait_until(lambda: link.count() and ".webp" in (link.get_attribute("href") or ""), 30, "the WebP link")
         body = page.request.get(link.get_attribute("href")).body()
         assert body[:4] == b"RIFF" and b"WEBP" in body[:16]
-        if os.environ.get("STUDIO_UPDATE_SCREENSHOT") == "1":  # README's picture of the workbench
-            page.mouse.move(0, 0)
-            page.screenshot(path=str(ROOT / "docs" / "attributes.png"))
+        screenshot_if_asked(page, "attributes")
 
         # 4. a subject that is not in the prompt: a clear message, no traceback
         page.fill("#attr_subject textarea", "hexagon")
@@ -355,16 +374,7 @@ def test_composition_in_the_browser(studio, browser):
         page.fill("#compose_part2 textarea", "")
         page.fill("#compose_region1 textarea", "a red circle")
         page.fill("#compose_region2 textarea", "a blue square")
-        page.locator("#compose_canvas button[aria-label='Brush']").first.click()
-        canvas = page.locator("#compose_canvas canvas").first
-        box = canvas.bounding_box()
-        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        page.mouse.move(cx - 60, cy - 60)
-        page.mouse.down()
-        for k in range(1, 9):
-            page.mouse.move(cx - 60 + 5 * k, cy - 60 + 15 * k)
-            time.sleep(0.05)
-        page.mouse.up()
+        paint_stroke(page, "compose_canvas", (-60, -60), (5, 15))
         before = page.input_value("#compose_region1_box textarea")
         page.click("#compose_use_drawing")
         wait_until(lambda: "from the drawing" in page.inner_text("#compose_status"), 30, "the drawn box")
@@ -376,9 +386,7 @@ def test_composition_in_the_browser(studio, browser):
                    "the regional run")
         assert "a red circle and a blue square" in page.inner_text("#compose_status")
         assert "Traceback" not in page.inner_text("body")
-        if os.environ.get("STUDIO_UPDATE_SCREENSHOT") == "1":
-            page.mouse.move(0, 0)
-            page.screenshot(path=str(ROOT / "docs" / "composition.png"), full_page=True)
+        screenshot_if_asked(page, "composition", full_page=True)
     finally:
         context.close()
 
@@ -410,9 +418,7 @@ def test_inspection_in_the_browser(studio, browser):
         single = fetch_image(page, image_src(page, "inspect_attention"))
         assert single.tobytes() != overlay.tobytes()
         assert "Traceback" not in page.inner_text("body")
-        if os.environ.get("STUDIO_UPDATE_SCREENSHOT") == "1":
-            page.mouse.move(0, 0)
-            page.screenshot(path=str(ROOT / "docs" / "inspection.png"), full_page=True)
+        screenshot_if_asked(page, "inspection", full_page=True)
     finally:
         context.close()
 
@@ -433,16 +439,7 @@ def test_inpainting_in_the_browser(studio, browser):
         page.click("#edit_scene")
         wait_until(lambda: image_src(page, "edit_source"), 30, "the scene")
         source = fetch_image(page, image_src(page, "edit_source"))
-        page.locator("#edit_mask button[aria-label='Brush']").first.click()
-        canvas = page.locator("#edit_mask canvas").first
-        box = canvas.bounding_box()
-        x, y = box["x"] + box["width"] / 2 + 50, box["y"] + box["height"] / 2  # right of the centred image's middle
-        page.mouse.move(x, y - 80)
-        page.mouse.down()
-        for k in range(1, 9):
-            page.mouse.move(x, y - 80 + 20 * k)
-            time.sleep(0.05)
-        page.mouse.up()
+        paint_stroke(page, "edit_mask", (50, -80), (0, 20))  # down the right of the centred image's middle
         set_number(page, "edit_steps", 10)
         page.click("#edit_run")
         wait_until(lambda: "inpaint done" in page.inner_text("#edit_status"), RUN_TIMEOUT, "the inpainting")

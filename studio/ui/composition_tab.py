@@ -5,10 +5,8 @@ the monolithic prompt beside the composed one at the same seed. Widgets only; th
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from html import escape
 from typing import Any
 
@@ -21,10 +19,11 @@ from studio.composition import BLEND_LABELS, BLEND_MODES, NUM_STAGES, Region, St
 from studio.controllers.compose import (
     BlendRequest, CompositionController, CompositionRequest, PromptPart, compose_prompt,
 )
-from studio.engine import Cancelled, CancelToken, GenerationRequest
+from studio.engine import GenerationRequest
 
 from .errors import USER_ERRORS, status_html, unexpected_message, user_message
 from .generate_tab import FormLimits, progress_html
+from .streaming import Busy, RunSession, run_error, stop_run, stream_run
 
 N_PARTS = 4
 N_STAGE_ROWS = 2
@@ -32,18 +31,8 @@ N_REGIONS = 3
 STAGE_COLOURS = ("#4c78a8", "#f58518", "#54a24b")
 
 
-@dataclass
-class CompositionSession:
+class CompositionSession(RunSession):
     """One browser session's run state (never shared between sessions)."""
-
-    cancel: CancelToken | None = None
-
-    def __deepcopy__(self, memo):  # gr.State copies its initial value per session: start idle
-        return CompositionSession()
-
-    def close(self) -> None:
-        if self.cancel is not None:
-            self.cancel.cancel()
 
 
 def parse_box(text: str, which: str) -> tuple[float, float, float, float]:
@@ -181,58 +170,29 @@ class CompositionHandlers:
         except USER_ERRORS as e:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), status_html(user_message(e), "error")
             return
-        if session.cancel is not None:
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), status_html("a run is in progress; stop it first",
-                                                                          "warning")
-            return
-        token = CancelToken()
-        session.cancel = token
-        events: queue.Queue = queue.Queue()
-        result: dict = {}
 
-        def work():
-            try:
-                result["outcome"] = self.controller.compose(
-                    request, save=True, cancel=token,
-                    on_preview=lambda image, step, total: events.put(("preview", image, step, total)),
-                    on_progress=lambda step, total: events.put(("progress", None, step, total)))
-            except BaseException as e:  # noqa: BLE001 - reported below
-                result["error"] = e
-            finally:
-                events.put(("end", None, 0, 0))
+        def work(token, emit):
+            return self.controller.compose(
+                request, save=True, cancel=token, on_preview=lambda image, step, total: emit((image, step, total)),
+                on_progress=lambda step, total: emit((None, step, total)))
 
-        worker = threading.Thread(target=work, name="studio-compose", daemon=True)
         t0 = time.perf_counter()
-        worker.start()
         try:
-            ended = False
-            while not ended:
-                # take everything queued: show the newest preview and the newest step, skip the rest
-                batch = [events.get()] + [events.get() for _ in range(events.qsize())]
-                ended = any(kind == "end" for kind, *_ in batch)
-                frames = [e for e in batch if e[0] == "preview"]
-                steps = [e for e in batch if e[0] != "end"]
-                if steps:
-                    _, _, step, total = steps[-1]
-                    yield (frames[-1][1] if frames else gr.skip(), gr.skip(), gr.skip(), progress_html(step, total),
+            for kind, value in stream_run(session, work, "studio-compose"):
+                if kind == "events":  # show the newest preview and the newest step, skip the rest
+                    frames = [image for image, _, _ in value if image is not None]
+                    _, step, total = value[-1]
+                    yield (frames[-1] if frames else gr.skip(), gr.skip(), gr.skip(), progress_html(step, total),
                            gr.skip())
-            worker.join()
-        finally:
-            session.cancel = None
+        except Busy as e:
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), status_html(str(e), "warning")
+            return
         took = time.perf_counter() - t0
-        error = result.get("error")
-        if isinstance(error, Cancelled):
-            yield gr.skip(), gr.skip(), gr.skip(), progress_html(0, 1, "stopped"), status_html("stopped", "warning")
+        if kind == "error":
+            label, message, level = run_error(value, "compose")
+            yield gr.skip(), gr.skip(), gr.skip(), progress_html(0, 1, label), status_html(message, level)
             return
-        if isinstance(error, USER_ERRORS):
-            yield gr.skip(), gr.skip(), gr.skip(), progress_html(0, 1, "failed"), status_html(user_message(error),
-                                                                                               "error")
-            return
-        if error is not None:
-            yield gr.skip(), gr.skip(), gr.skip(), progress_html(0, 1, "failed"), \
-                status_html(unexpected_message(error, "compose"), "error")
-            return
-        out = result["outcome"]
+        out = value
         mono = out.comparison[0] if out.comparison else None
         rows = timeline_html(list(out.timeline)) if out.timeline else gr.skip()
         notes = "".join(f"\n{w}" for w in out.warnings)
@@ -242,10 +202,7 @@ class CompositionHandlers:
                status_html(message + saved + notes, "warning" if out.warnings else "ok"))
 
     def stop(self, session: CompositionSession):
-        if session is not None and session.cancel is not None:
-            session.cancel.cancel()
-            return status_html("stopping…", "warning")
-        return status_html("nothing is running", "info")
+        return stop_run(session)
 
     def use_drawing(self, editor_value, target, *boxes):
         """Set the box of region ``target`` (1-based) from the canvas; returns the box textboxes and status."""

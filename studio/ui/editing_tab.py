@@ -5,10 +5,8 @@
 from __future__ import annotations
 
 import math
-import queue
-import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,27 +17,18 @@ import gradio as gr
 from studio.attributes.definitions import model_kind
 from studio.controllers.edit import EditingController, Img2ImgRequest, InpaintRequest, OutpaintRequest
 from studio.editing import SIDES
-from studio.engine import SAMPLERS, Cancelled, CancelToken
+from studio.engine import SAMPLERS
 
-from .errors import USER_ERRORS, status_html, unexpected_message, user_message
+from .errors import USER_ERRORS, status_html, user_message
 from .generate_tab import FormLimits, progress_html
+from .streaming import Busy, RunSession, run_error, stop_run, stream_run
 
 MODES = ("inpaint", "img2img", "outpaint")
 EDITOR_SIDE = 256  # small images are shown enlarged (nearest) so a brush can paint them
 
 
-@dataclass
-class EditingSession:
+class EditingSession(RunSession):
     """One browser session's run state (never shared between sessions)."""
-
-    cancel: CancelToken | None = None
-
-    def __deepcopy__(self, memo):  # gr.State copies its initial value per session: start idle
-        return EditingSession()
-
-    def close(self) -> None:
-        if self.cancel is not None:
-            self.cancel.cancel()
 
 
 def enlarged(image: Image.Image) -> Image.Image:
@@ -117,60 +106,34 @@ class EditingHandlers:
         except USER_ERRORS as e:
             yield gr.skip(), gr.skip(), status_html(user_message(e), "error")
             return
-        if session.cancel is not None:
-            yield gr.skip(), gr.skip(), status_html("a run is in progress; stop it first", "warning")
-            return
-        token = CancelToken()
-        session.cancel = token
-        events: queue.Queue = queue.Queue()
-        result: dict = {}
         method = {Img2ImgRequest: self.controller.img2img, InpaintRequest: self.controller.inpaint,
                   OutpaintRequest: self.controller.outpaint}[type(request)]
 
-        def work():
-            try:
-                result["outcome"] = method(request, cancel=token,
-                                           on_preview=lambda im, step, total: events.put((im, step, total)),
-                                           on_progress=lambda step, total: events.put((None, step, total)))
-            except BaseException as e:  # noqa: BLE001 - reported below
-                result["error"] = e
-            finally:
-                events.put(None)
+        def work(token, emit):
+            return method(request, cancel=token, on_preview=lambda im, step, total: emit((im, step, total)),
+                          on_progress=lambda step, total: emit((None, step, total)))
 
-        worker = threading.Thread(target=work, name="studio-edit", daemon=True)
         t0 = time.perf_counter()
-        worker.start()
         try:
-            ended = False
-            while not ended:
-                batch = [events.get()] + [events.get() for _ in range(events.qsize())]
-                ended = any(e is None for e in batch)
-                seen = [e for e in batch if e is not None]
-                frames = [e[0] for e in seen if e[0] is not None]
-                if seen:
-                    yield (frames[-1] if frames else gr.skip(), progress_html(seen[-1][1], seen[-1][2]), gr.skip())
-            worker.join()
-        finally:
-            session.cancel = None
-        error = result.get("error")
-        if isinstance(error, Cancelled):
-            yield gr.skip(), progress_html(0, 1, "stopped"), status_html("stopped", "warning")
+            for kind, value in stream_run(session, work, "studio-edit"):
+                if kind == "events":  # the newest preview and step only
+                    frames = [image for image, _, _ in value if image is not None]
+                    yield (frames[-1] if frames else gr.skip(), progress_html(value[-1][1], value[-1][2]), gr.skip())
+        except Busy as e:
+            yield gr.skip(), gr.skip(), status_html(str(e), "warning")
             return
-        if error is not None:
-            message = user_message(error) if isinstance(error, USER_ERRORS) else unexpected_message(error, "edit")
-            yield gr.skip(), progress_html(0, 1, "failed"), status_html(message, "error")
+        if kind == "error":
+            label, message, level = run_error(value, "edit")
+            yield gr.skip(), progress_html(0, 1, label), status_html(message, level)
             return
-        out = result["outcome"]
+        out = value
         saved = f"; saved {getattr(out.saved[0], 'relative_path', out.saved[0])}" if out.saved else ""
         yield (out.images[0], progress_html(1, 1, f"{time.perf_counter() - t0:.1f} s"),
                status_html(f"{type(request).__name__.removesuffix('Request').lower()} done "
                            f"({out.request.width}x{out.request.height}, seed {out.request.seed}){saved}", "ok"))
 
     def stop(self, session: EditingSession):
-        if session is not None and session.cancel is not None:
-            session.cancel.cancel()
-            return status_html("stopping…", "warning")
-        return status_html("nothing is running", "info")
+        return stop_run(session)
 
 
 def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:

@@ -6,8 +6,6 @@ in :class:`InspectionSession`.
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from dataclasses import dataclass, replace
 from html import escape
@@ -19,33 +17,26 @@ from studio.attributes.definitions import model_kind
 from studio.controllers.inspect import (
     BranchRequest, ClassifyRequest, InformationRequest, InspectionController, InspectionRun, InspectRequest,
 )
-from studio.engine import SAMPLERS, Cancelled, CancelToken
+from studio.engine import SAMPLERS
 from studio.inspection.classifier import parse_stages
 from studio.inspection.figures import map_figure
 
 from .errors import USER_ERRORS, status_html, unexpected_message, user_message
 from .generate_tab import FormLimits, progress_html
+from .streaming import Busy, RunSession, run_error, stop_run, stream_run
 
 ALL = "all"
 EXPORT_PANELS = ("trajectory", "guidance", "attention", "classifier", "information")
 
 
 @dataclass
-class InspectionSession:
+class InspectionSession(RunSession):
     """One browser session's inspection state (never shared between sessions)."""
 
-    cancel: CancelToken | None = None
     run: InspectionRun | None = None
     classification: object | None = None
     information: object | None = None
     information_image: object | None = None
-
-    def __deepcopy__(self, memo):  # gr.State copies its initial value per session: start empty
-        return InspectionSession()
-
-    def close(self) -> None:
-        if self.cancel is not None:
-            self.cancel.cancel()
 
 
 class InspectionHandlers:
@@ -80,47 +71,22 @@ class InspectionHandlers:
         except USER_ERRORS as e:
             yield gr.skip(), gr.skip(), gr.skip(), status_html(user_message(e), "error")
             return
-        if session.cancel is not None:
-            yield gr.skip(), gr.skip(), gr.skip(), status_html("a run is in progress; stop it first", "warning")
-            return
-        token = CancelToken()
-        session.cancel = token
-        events: queue.Queue = queue.Queue()
-        result: dict = {}
-
-        def work():
-            try:
-                result["run"] = self.controller.run(request, cancel=token, on_step=events.put)
-            except BaseException as e:  # noqa: BLE001 - reported below
-                result["error"] = e
-            finally:
-                events.put(None)
-
-        worker = threading.Thread(target=work, name="studio-inspect", daemon=True)
         t0 = time.perf_counter()
-        worker.start()
         try:
-            ended = False
-            while not ended:
-                batch = [events.get()] + [events.get() for _ in range(events.qsize())]
-                ended = any(e is None for e in batch)
-                steps_seen = [e for e in batch if e is not None]
-                if steps_seen:
-                    last = steps_seen[-1]
+            for kind, value in stream_run(session, lambda token, emit: self.controller.run(
+                    request, cancel=token, on_step=emit), "studio-inspect"):
+                if kind == "events":  # the newest step only
+                    last = value[-1]
                     yield (last.x0_image, last.attention_image if last.attention_image is not None else gr.skip(),
                            progress_html(last.step + 1, last.num_steps), gr.skip())
-            worker.join()
-        finally:
-            session.cancel = None
-        error = result.get("error")
-        if isinstance(error, Cancelled):
-            yield gr.skip(), gr.skip(), progress_html(0, 1, "stopped"), status_html("stopped", "warning")
+        except Busy as e:
+            yield gr.skip(), gr.skip(), gr.skip(), status_html(str(e), "warning")
             return
-        if error is not None:
-            message = user_message(error) if isinstance(error, USER_ERRORS) else unexpected_message(error, "inspect")
-            yield gr.skip(), gr.skip(), progress_html(0, 1, "failed"), status_html(message, "error")
+        if kind == "error":
+            label, message, level = run_error(value, "inspect")
+            yield gr.skip(), gr.skip(), progress_html(0, 1, label), status_html(message, level)
             return
-        run = session.run = result["run"]
+        run = session.run = value
         overlay = self.controller.word_overlay(run, stream, float(opacity)) if stream else None
         took = time.perf_counter() - t0
         yield (run.image, overlay, progress_html(1, 1, f"{took:.1f} s"),
@@ -128,10 +94,7 @@ class InspectionHandlers:
                            "words, branch or export", "ok"))
 
     def stop(self, session: InspectionSession):
-        if session is not None and session.cancel is not None:
-            session.cancel.cancel()
-            return status_html("stopping…", "warning")
-        return status_html("nothing is running", "info")
+        return stop_run(session)
 
     # ------------------------------------------------------------------ views of the run
 
