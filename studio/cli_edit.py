@@ -20,6 +20,9 @@ modes:
   inpaint   repaint the white (or opaque) part of --mask; --feather softens its edge (pixels, default 4);
             outside the mask the output is the input's pixels
   outpaint  extend --image by --pixels on --side (left/right/top/bottom) and paint the new area
+  p2p       prompt-to-prompt: render --prompt and --target on the same noise, the target's attention controlled by
+            the source's (--cross, --self fractions of the steps; --reweight word:factor; --no-blend); writes
+            the source to --out and the edit next to it as <out>-edit.png (no --image)
 
 The image must have a size the model takes (Tiny World: multiples of 16 in 32..256). --out FILE (.png) gets the
 studio metadata (settings, the editing settings, provenance); --json prints one JSON object.
@@ -28,6 +31,8 @@ examples:
   {PROG} edit img2img --image scene.png --prompt "a blue circle on a black background" --strength 0.6 --out blue.png
   {PROG} edit inpaint --image scene.png --mask mask.png --prompt "a blue square" --seed 3 --out painted.png
   {PROG} edit outpaint --image scene.png --side right --pixels 32 --prompt "a green triangle" --out wide.png
+  {PROG} edit p2p --prompt "a red circle on a black background" --target "a blue circle on a black background" \
+      --seed 3 --out swap.png
 """
 
 
@@ -35,8 +40,8 @@ def add_edit_parser(sub) -> None:
     p = sub.add_parser("edit", help="img2img, inpainting and outpainting of an image",
                        description="Change part of an image and keep the rest.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["img2img", "inpaint", "outpaint"])
-    p.add_argument("--image", required=True, help="the input image (PNG, JPEG or WebP)")
+    p.add_argument("mode", choices=["img2img", "inpaint", "outpaint", "p2p"])
+    p.add_argument("--image", help="the input image (PNG, JPEG or WebP); not for p2p")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative", default="")
     p.add_argument("--mask", help="inpaint: the mask image (white or opaque = repaint)")
@@ -44,6 +49,13 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--feather", type=float, default=4.0, help="mask edge softness in pixels (default 4)")
     p.add_argument("--side", default="right", choices=["left", "right", "top", "bottom"], help="outpaint side")
     p.add_argument("--pixels", type=int, default=16, help="outpaint: how far to extend (default 16)")
+    p.add_argument("--target", help="p2p: the edited prompt")
+    p.add_argument("--cross", type=float, default=0.8, help="p2p: fraction of steps with cross-attention injected")
+    p.add_argument("--self", dest="self_fraction", type=float, default=0.4,
+                   help="p2p: fraction of steps with self-attention injected")
+    p.add_argument("--reweight", action="append", default=[], metavar="WORD:FACTOR",
+                   help="p2p: scale the attention on a word of --target (repeatable)")
+    p.add_argument("--no-blend", action="store_true", help="p2p: no local blending")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int)
     p.add_argument("--cfg", type=float)
@@ -59,7 +71,9 @@ def cmd_edit(args: argparse.Namespace, ctx: Context) -> int:
     t_start = time.perf_counter()
     with _quiet_libraries(enabled=True):
         from studio.controllers import FileSaver
-        from studio.controllers.edit import EditingController, Img2ImgRequest, InpaintRequest, OutpaintRequest
+        from studio.controllers.edit import (
+            EditingController, Img2ImgRequest, InpaintRequest, OutpaintRequest, PromptToPromptRequest,
+        )
         from studio.engine import InvalidRequest
         from studio.models import ModelLoadError
         from studio.models import load_model as default_loader
@@ -73,7 +87,12 @@ def cmd_edit(args: argparse.Namespace, ctx: Context) -> int:
             raise UsageError(f"--out {out} is a folder")
         if args.mode == "inpaint" and not args.mask:
             raise UsageError("edit inpaint needs --mask (white or opaque = repaint)")
-        image = read_image_arg(args.image, "image").convert("RGB")
+        if args.mode == "p2p" and not args.target:
+            raise UsageError("edit p2p needs --target (the edited prompt)")
+        if args.mode != "p2p" and not args.image:
+            raise UsageError(f"edit {args.mode} needs --image")
+        reweight = tuple(_reweight(r) for r in args.reweight)
+        image = read_image_arg(args.image, "image").convert("RGB") if args.mode != "p2p" else None
         mask = read_image_arg(args.mask, "mask") if args.mode == "inpaint" else None
         sampler = check_sampler(args.sampler) if args.sampler else None
 
@@ -83,7 +102,8 @@ def cmd_edit(args: argparse.Namespace, ctx: Context) -> int:
             model = loader(args.model, device=args.device)
         except ModelLoadError as e:
             raise UsageError(str(e)) from None
-        controller = EditingController(model, FileSaver(lambda settings: out))
+        paths = iter([out, out.with_name(out.stem + "-edit.png")])
+        controller = EditingController(model, FileSaver(lambda settings: next(paths)))
         base = replace(controller.defaults(), prompt=args.prompt, negative_prompt=args.negative, seed=args.seed,
                        **{k: v for k, v in (("steps", args.steps), ("cfg", args.cfg), ("sampler", sampler))
                           if v is not None})
@@ -95,24 +115,39 @@ def cmd_edit(args: argparse.Namespace, ctx: Context) -> int:
                 request = InpaintRequest(base, image, mask, args.feather, 1.0 if args.strength is None else
                                          args.strength)
                 outcome = controller.inpaint(request)
-            else:
+            elif args.mode == "outpaint":
                 outcome = controller.outpaint(OutpaintRequest(base, image, args.side, args.pixels, args.feather))
+            else:
+                outcome = controller.prompt_to_prompt(PromptToPromptRequest(
+                    base, args.target, args.cross, args.self_fraction, reweight, not args.no_blend))
         except InvalidRequest as e:
             raise UsageError(f"{e} (model {args.model})") from None
         except (OutputsError, OSError) as e:
             print(f"error: could not save the image: {e}", file=ctx.stderr)
             return 1
 
+    written = [str(getattr(p, "path", p)) for p in outcome.saved]
     if args.json:
         print(json.dumps({"model": args.model, "weights_hash": model.weights_hash, "mode": args.mode,
-                          "path": str(out), "seed": outcome.request.seed,
+                          "path": str(out), "paths": written, "seed": outcome.request.seed,
                           "size": [outcome.request.width, outcome.request.height],
-                          "warnings": list(outcome.warnings),
+                          "warnings": list(getattr(outcome, "warnings", ())),
                           "timings": _rounded({**outcome.timings, "total": time.perf_counter() - t_start})}),
               file=ctx.stdout)
     else:
-        print(out, file=ctx.stdout)
+        print("\n".join(written), file=ctx.stdout)
     return 0
+
+
+def _reweight(text: str) -> tuple[str, float]:
+    word, _, factor = text.rpartition(":")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = None
+    if not word.strip() or value is None:
+        raise UsageError(f"--reweight must look like word:factor (e.g. circle:2.5), got {text!r}")
+    return word.strip(), value
 
 
 if __name__ == "__main__":  # pragma: no cover

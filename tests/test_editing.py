@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 from studio.cli import main
-from studio.controllers.edit import EditingController, Img2ImgRequest, InpaintRequest, OutpaintRequest
+from studio.controllers.edit import (
+    EditingController, Img2ImgRequest, InpaintRequest, OutpaintRequest, PromptToPromptRequest,
+)
 from studio.editing import (
     KnownRegionBlend, composite, extend_canvas, feathered, latent_mask, mask_array, seeded_noise, start_step,
 )
@@ -191,3 +193,75 @@ def test_cli_bad_input_is_one_clear_line(tiny_model, tmp_path, monkeypatch, argv
     source_image().save(tmp_path / "in.png")
     code, out, err = run_cli(tiny_model, *[a.replace("{img}", str(tmp_path / "in.png")) for a in argv])
     assert code == 2 and words in err and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- prompt-to-prompt
+
+
+def test_token_mapping_for_swaps_and_refinements(tiny_model):
+    from studio.editing.p2p import token_mapping
+
+    tok = tiny_model.tokenizer
+    swap = token_mapping(tok, "a red circle", "a blue circle")
+    n_red, n_blue = (len(tok(w, add_special_tokens=False).input_ids) for w in ("red", "blue"))
+    assert len(swap) == tok.model_max_length and None not in swap and swap[:2] == [0, 1]
+    assert set(swap[2:2 + n_blue]) <= set(range(2, 2 + n_red)) and swap[2 + n_blue] == 2 + n_red  # "circle"
+    n_big = len(tok("big", add_special_tokens=False).input_ids)
+    refine = token_mapping(tok, "a red circle", "a big red circle")
+    assert refine[:2] == [0, 1] and refine[2:2 + n_big] == [None] * n_big and refine[2 + n_big] == 2
+
+
+def test_prompt_to_prompt_attention_control(tiny_model, tmp_path):
+    controller = EditingController(tiny_model)
+    before = {name: type(p) for name, p in tiny_model.unet.attn_processors.items()}
+    same = controller.prompt_to_prompt(PromptToPromptRequest(BASE, BASE.prompt, 1.0, 1.0), save=False)
+    assert np.array_equal(np.asarray(same.source), np.asarray(same.edited))  # an identical edit changes nothing
+    edited = controller.prompt_to_prompt(PromptToPromptRequest(BASE, "a green square", 0.8, 0.4), save=False)
+    plain = Engine(tiny_model).generate(replace(BASE, width=64, height=64)).images[0]
+    assert np.abs(np.asarray(edited.source, int) - np.asarray(plain, int)).max() <= 1  # the source is a plain run
+    assert not np.array_equal(np.asarray(edited.source), np.asarray(edited.edited))
+    assert edited.blend_words == (("blue",), ("green",))
+    free = Engine(tiny_model).generate(replace(BASE, prompt="a green square", width=64, height=64)).images[0]
+    assert not np.array_equal(np.asarray(free), np.asarray(edited.edited))  # the control acted
+    assert {name: type(p) for name, p in tiny_model.unet.attn_processors.items()} == before
+    with pytest.raises(InvalidRequest, match="cross_fraction must be in 0..1"):
+        controller.prompt_to_prompt(PromptToPromptRequest(BASE, "a green square", 1.5), save=False)
+    with pytest.raises(InvalidRequest, match="write the edited prompt"):
+        controller.prompt_to_prompt(PromptToPromptRequest(BASE, " "), save=False)
+
+
+def test_prompt_to_prompt_control_arithmetic():
+    from studio.editing.p2p import PromptToPromptControl
+
+    heads, queries, keys = 2, 16, 5
+    control = PromptToPromptControl(cond_rows=slice(2, 4), mapping=[0, 1, 1, 3, 4], num_steps=10, cross_fraction=0.5,
+                                    self_fraction=0.2, reweight={3: 2.0})
+    probs = torch.rand(4 * heads, queries, keys)
+    out = control._on_probs("up.0.attn2", probs, heads).view(4, heads, queries, keys)
+    view = probs.view(4, heads, queries, keys)
+    assert torch.equal(out[:3], view[:3])  # uncond rows and the source untouched
+    expected = view[2][..., [0, 1, 1, 3, 4]].clone()
+    expected[..., 3] *= 2.0
+    assert torch.allclose(out[3], expected)
+    self_probs = torch.rand(4 * heads, queries, queries)
+    assert torch.equal(control._on_probs("up.0.attn1", self_probs, heads).view(4, heads, queries, queries)[3],
+                       self_probs.view(4, heads, queries, queries)[2])
+    control.step = 5  # past both fractions: only the reweighting is left
+    late = control._on_probs("up.0.attn2", probs, heads).view(4, heads, queries, keys)
+    assert torch.allclose(late[3][..., 3], view[3][..., 3] * 2.0) and torch.equal(late[3][..., 0], view[3][..., 0])
+    assert torch.equal(control._on_probs("up.0.attn1", self_probs, heads), self_probs)
+
+
+def test_cli_prompt_to_prompt_writes_both_images(tiny_model, tmp_path):
+    code, out, err = run_cli(tiny_model, "p2p", "--prompt", "a blue square", "--target", "a green square", "--steps", 3,
+                             "--reweight", "square:2", "--out", tmp_path / "swap.png", "--json")
+    assert code == 0, err
+    paths = json.loads(out)["paths"]
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["swap.png", "swap-edit.png"]
+    settings = read_image_settings(tmp_path / "swap-edit.png")
+    assert settings.controls["editing"]["target"] == "a green square"
+    code, out, err = run_cli(tiny_model, "p2p", "--prompt", "x", "--out", tmp_path / "o.png")
+    assert code == 2 and "needs --target" in err
+    code, out, err = run_cli(tiny_model, "p2p", "--prompt", "x", "--target", "y", "--reweight", "x", "--out",
+                             tmp_path / "o.png")
+    assert code == 2 and "word:factor" in err

@@ -3,6 +3,8 @@
 * :meth:`EditingController.img2img`: SDEdit at a strength (the fraction of steps run from the noised image).
 * :meth:`EditingController.inpaint`: repaint the masked region (white / opaque = repaint), the rest kept.
 * :meth:`EditingController.outpaint`: extend the canvas on one side and paint the new area.
+* :meth:`EditingController.prompt_to_prompt`: the source prompt and its edit on the same noise, with the edit's
+  attention controlled by the source's (word swap, refinement, reweighting, local blending).
 
 Every result is saved (when the controller has a store) with its editing settings in ``controls["editing"]``. The
 techniques are in :mod:`studio.editing`; runs go through the shared :class:`GenerateController` (one engine loop).
@@ -10,6 +12,7 @@ techniques are in :mod:`studio.editing`; runs go through the shared :class:`Gene
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -23,7 +26,9 @@ from studio.editing import (
     start_step,
 )
 from studio.engine import CancelToken, Engine, GenerationRequest, InvalidRequest, RunHooks
+from studio.editing.p2p import prompt_to_prompt_hooks
 from studio.engine.validate import size_rule
+from studio.errors import check_text_item
 
 from .generate import GenerateController, PreviewCallback, ProgressCallback, Saver
 
@@ -63,6 +68,30 @@ class OutpaintRequest:
     side: str = "right"
     pixels: int = 16
     feather: float = DEFAULT_FEATHER_PX
+
+
+@dataclass(frozen=True)
+class PromptToPromptRequest:
+    """Render ``base.prompt`` and its edit ``target`` on the same noise with prompt-to-prompt attention control.
+    ``reweight`` scales the attention on words of ``target``; ``local_blend`` keeps everything but the edited words'
+    region equal to the source (the words that differ between the prompts, or the reweighted ones)."""
+
+    base: GenerationRequest
+    target: str
+    cross_fraction: float = 0.8
+    self_fraction: float = 0.4
+    reweight: tuple[tuple[str, float], ...] = ()
+    local_blend: bool = True
+
+
+@dataclass(frozen=True)
+class PromptToPromptOutcome:
+    source: Image.Image
+    edited: Image.Image
+    request: GenerationRequest  # the source render as run
+    blend_words: tuple[tuple[str, ...], tuple[str, ...]]
+    saved: tuple = ()
+    timings: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,6 +152,43 @@ class EditingController:
                                cancel=cancel, on_preview=on_preview, on_progress=on_progress)
         return outcome
 
+    def prompt_to_prompt(self, request: PromptToPromptRequest, *, save: bool = True,
+                         cancel: CancelToken | None = None, on_progress: ProgressCallback | None = None
+                         ) -> PromptToPromptOutcome:
+        # 1. validate
+        base = request.base
+        if not isinstance(base, GenerationRequest):
+            raise InvalidRequest(f"expected a GenerationRequest, got {type(base).__name__}")
+        check_text_item(request, PromptToPromptRequest, "prompt-to-prompt", "target", text="target",
+                        empty="write the edited prompt")
+        base = self.generator.prepare(replace(base, batch_size=2, shared_seed=True))
+        source_words, target_words = _words(base.prompt), _words(request.target)
+        blend = ((), ())
+        if request.local_blend:
+            removed = tuple(w for w in source_words if w not in target_words)
+            added = tuple(w for w in target_words if w not in source_words)
+            weighted = tuple(w for w, _ in request.reweight)
+            blend = (removed or weighted, added or weighted)
+        # 2. hooks: per-image prompts, attention control, local blend
+        hooks, _ = prompt_to_prompt_hooks(
+            self.model, base.prompt, request.target, base.steps, base.cfg, cross_fraction=request.cross_fraction,
+            self_fraction=request.self_fraction, reweight=dict(request.reweight),
+            blend_words=(list(blend[0]), list(blend[1])) if blend[0] or blend[1] else None)
+        controls = {"editing": {"mode": "prompt-to-prompt", "source": base.prompt, "target": request.target,
+                                "cross_fraction": float(request.cross_fraction),
+                                "self_fraction": float(request.self_fraction),
+                                "reweight": [[w, float(f)] for w, f in request.reweight],
+                                "local_blend": [list(blend[0]), list(blend[1])]}}
+        # 3. one batched run of two on the same noise
+        t0 = time.perf_counter()
+        runner = self.generator if save else self.generator.with_store(None)
+        outcome = runner.run(base, cancel=cancel, on_progress=on_progress, controls=controls, workbench=WORKBENCH,
+                             hooks=hooks)
+        return PromptToPromptOutcome(source=outcome.images[0], edited=outcome.images[1],
+                                     request=replace(outcome.request, batch_size=1, shared_seed=False),
+                                     blend_words=blend, saved=outcome.saved,
+                                     timings={**outcome.timings, "total": time.perf_counter() - t0})
+
     # ---- helpers
 
     def _prepare(self, base: GenerationRequest, image) -> tuple[GenerationRequest, torch.Tensor, torch.Tensor]:
@@ -162,3 +228,7 @@ class EditingController:
         return EditOutcome(images=outcome.images, request=outcome.request, source=source, mask=soft,
                            saved=outcome.saved, timings={**outcome.timings, "total": time.perf_counter() - t0},
                            warnings=outcome.warnings)
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in re.findall(r"[^\W_]+", text)]

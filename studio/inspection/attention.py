@@ -41,8 +41,12 @@ class CrossAttentionRecorder:
 
     def processors(self, original: dict) -> dict:
         """Attention-processor factory: a recording processor for every ``attn2`` layer."""
-        return {name: _RecordingProcessor(self, name.removesuffix(".processor"))
+        return {name: ProbabilityProcessor(name.removesuffix(".processor"), self._on_probs)
                 for name in original if ".attn2." in name}
+
+    def _on_probs(self, layer: str, probs: torch.Tensor, heads: int) -> torch.Tensor:
+        self.record(layer, probs, heads)
+        return probs
 
     def on_step(self, event: StepEvent) -> None:
         self.step = event.step + 1  # maps recorded from now on belong to the next step
@@ -112,12 +116,14 @@ class CrossAttentionRecorder:
         return self.aggregate(size, steps=steps, layers=layers)[index, idx].mean(0)
 
 
-class _RecordingProcessor:
-    """diffusers' plain ``AttnProcessor`` computation, plus recording of the probabilities."""
+class ProbabilityProcessor:
+    """diffusers' plain ``AttnProcessor`` computation with the attention probabilities made explicit:
+    ``on_probs(layer, probs, heads)`` sees them (``(batch * heads, queries, keys)``) and returns the probabilities to
+    use (the same tensor to only observe; an edited one to control attention, e.g. prompt-to-prompt)."""
 
-    def __init__(self, recorder: CrossAttentionRecorder, layer: str):
-        self.recorder = recorder
+    def __init__(self, layer: str, on_probs):
         self.layer = layer
+        self.on_probs = on_probs
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
                  **kwargs):
@@ -138,8 +144,7 @@ class _RecordingProcessor:
             context = attn.norm_encoder_hidden_states(context)
         key, value = attn.to_k(context), attn.to_v(context)
         query, key, value = (attn.head_to_batch_dim(t) for t in (query, key, value))
-        probs = attn.get_attention_scores(query, key, attention_mask)
-        self.recorder.record(self.layer, probs, attn.heads)
+        probs = self.on_probs(self.layer, attn.get_attention_scores(query, key, attention_mask), attn.heads)
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
