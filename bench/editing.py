@@ -1,4 +1,4 @@
-"""Editing on Tiny World, judged by the analyzer. So far: inpainting.
+"""Editing on Tiny World, judged by the analyzer: inpainting and prompt-to-prompt.
 
 inpaint  a drawn scene with one object in the left half (random shape, colour, size medium/large, background); the
          mask is the right half (feather 4 px); the prompt names another object ("a <size> <colour> <shape> on the
@@ -7,7 +7,13 @@ inpaint  a drawn scene with one object in the left half (random shape, colour, s
          shape with its centre inside the mask; also whether the original object is still there, unchanged
          (colour, shape, IoU >= 0.8 with its mask).
 
-    python bench/editing.py [--n 100] [--threads 1]
+p2p      prompt-to-prompt word swap "a large red circle and a medium <colour> <shape> on a <background> background"
+         -> the same with "blue circle" (other object: not red, not blue, not a circle), same seed. Per seed: the edit
+         has exactly one circle and it is blue; where the source has exactly one red circle, the IoU of the two
+         circles' masks; objects of the source other than the circle found again in the edit (same colour and shape,
+         IoU >= 0.8).
+
+    python bench/editing.py [--parts inpaint,p2p] [--n 100] [--threads 1]
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench._common import machine, print_table, write_results  # noqa: E402
-from studio.controllers.edit import EditingController, InpaintRequest  # noqa: E402
+from studio.controllers.edit import EditingController, InpaintRequest, PromptToPromptRequest  # noqa: E402
 from studio.models import load_model  # noqa: E402
 from studio.tinyworld.analyzer import analyze  # noqa: E402
 from studio.tinyworld.scenes import SceneObject, scene_from_objects  # noqa: E402
@@ -68,6 +74,43 @@ def inpaint(model, n: int, seed0: int, feather: float, where: str) -> dict:
         "prompted_object_inside_mask": placed / n, "original_object_kept": kept / n}
 
 
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def p2p(model, n: int, seed0: int, cross: float, self_fraction: float, blend: bool) -> dict:
+    controller = EditingController(model)
+    rng = random.Random(seed0)
+    blue = circle_kept = circle_cases = other_kept = other_cases = 0
+    for i in range(n):
+        colour = rng.choice([c for c in PALETTE if c not in ("red", "blue")])
+        shape = rng.choice(["square", "triangle"])
+        background = rng.choice(list(BACKGROUNDS))
+        tail = f" and a medium {colour} {shape} on a {background} background"
+        base = replace(controller.defaults(), prompt=f"a large red circle{tail}", seed=seed0 + i)
+        out = controller.prompt_to_prompt(PromptToPromptRequest(base, f"a large blue circle{tail}", cross,
+                                                                self_fraction, local_blend=blend), save=False)
+        source, edited = analyze(out.source).objects, analyze(out.edited).objects
+        circles = [o for o in edited if o.shape == "circle"]
+        ok = len(circles) == 1 and circles[0].colour == "blue"
+        blue += ok
+        red = [o for o in source if o.shape == "circle" and o.colour == "red"]
+        if len(red) == 1:
+            circle_cases += 1
+            circle_kept += ok and iou(red[0].mask, circles[0].mask) >= 0.8
+        for o in source:
+            if o.shape == "circle":
+                continue
+            other_cases += 1
+            other_kept += any(e.colour == o.colour and e.shape == o.shape and iou(e.mask, o.mask) >= 0.8
+                              for e in edited)
+    return {"seeds": n, "cross_fraction": cross, "self_fraction": self_fraction, "local_blend": blend,
+            "edit_has_one_blue_circle": blue / n, "circle_iou_at_least_0_8": circle_kept / max(circle_cases, 1),
+            "seeds_with_one_red_source_circle": circle_cases,
+            "other_objects_unchanged": other_kept / max(other_cases, 1), "other_objects": other_cases}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tinyworld")
@@ -75,24 +118,37 @@ def main() -> int:
     p.add_argument("--feather", type=float, default=4.0)
     p.add_argument("--where", default="on the right",
                    help="position words added to the prompt (the mask is the right half); '' for none")
+    p.add_argument("--parts", default="inpaint,p2p")
+    p.add_argument("--cross", type=float, default=0.8)
+    p.add_argument("--self-fraction", type=float, default=0.4)
+    p.add_argument("--no-blend", action="store_true")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--name", default="editing", help="results file bench/results/NAME.json")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    t0 = time.perf_counter()
-    results = {"model": args.model, "weights_hash": model.weights_hash, "inpaint": inpaint(model, args.n, 70_000,
-                                                                                           args.feather, args.where)}
-    results["seconds"] = round(time.perf_counter() - t0, 1)
-    r = results["inpaint"]
-    print_table(["seeds", "PSNR outside mask: min / median dB", "share >= 35 dB", "prompted object in the mask",
-                 "original kept"],
-                [[r["seeds"], f"{r['psnr_outside_mask_db']['min']:.1f} / {r['psnr_outside_mask_db']['median']:.1f}",
-                  r["psnr_outside_mask_db"]["share_at_or_above_35"], r["prompted_object_inside_mask"],
-                  r["original_object_kept"]]])
+    parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    results = {"model": args.model, "weights_hash": model.weights_hash, "parts": parts, "seconds": {}}
+    if "inpaint" in parts:
+        t0 = time.perf_counter()
+        r = results["inpaint"] = inpaint(model, args.n, 70_000, args.feather, args.where)
+        results["seconds"]["inpaint"] = round(time.perf_counter() - t0, 1)
+        print_table(["seeds", "PSNR outside mask: min / median dB", "share >= 35 dB", "prompted object in the mask",
+                     "original kept"],
+                    [[r["seeds"], f"{r['psnr_outside_mask_db']['min']:.1f} / {r['psnr_outside_mask_db']['median']:.1f}",
+                      r["psnr_outside_mask_db"]["share_at_or_above_35"], r["prompted_object_inside_mask"],
+                      r["original_object_kept"]]])
+    if "p2p" in parts:
+        t0 = time.perf_counter()
+        r = results["p2p"] = p2p(model, args.n, 80_000, args.cross, args.self_fraction, not args.no_blend)
+        results["seconds"]["p2p"] = round(time.perf_counter() - t0, 1)
+        print_table(["seeds", "one blue circle", "circle IoU >= 0.8", "other objects unchanged"],
+                    [[r["seeds"], r["edit_has_one_blue_circle"], r["circle_iou_at_least_0_8"],
+                      r["other_objects_unchanged"]]])
     results["machine"] = machine(model.device)
-    print(f"wrote {write_results('editing', results, args.out)}")
+    print(f"wrote {write_results(args.name, results, args.out)}")
     return 0
 
 

@@ -55,3 +55,14 @@ def test_other_modes_and_messages(handlers):
     assert "upload an input image" in list(handlers.run(EditingSession(), *form(None, None)))[-1][2]
     assert "seed must be a fixed number" in list(handlers.run(EditingSession(), *form(image, None, mode="img2img",
                                                                                         seed=-1)))[-1][2]
+
+
+def test_prompt_to_prompt_from_the_tab(handlers):
+    gallery, status = handlers.prompt_to_prompt("a blue square", "a green square", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4,
+                                                "square", 2.0, True)
+    assert [caption for _, caption in gallery] == ["source", "edited"] and "local blend on green" in status
+    _, status = handlers.prompt_to_prompt("a blue square", "", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4, "", 1.0, True)
+    assert "write the edited prompt" in status
+    _, status = handlers.prompt_to_prompt("a blue square", "a red square", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4,
+                                          "hexagon", 2.0, True)
+    assert "does not occur" in status

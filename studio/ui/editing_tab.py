@@ -1,4 +1,4 @@
-"""The Editing tab: img2img, inpainting with a painted mask, outpainting. Widgets only; the work is
+"""The Editing tab: img2img, inpainting with a painted mask, outpainting, prompt-to-prompt. Widgets only; the work is
 :class:`~studio.controllers.edit.EditingController`'s. Per-user state lives in :class:`EditingSession`.
 """
 
@@ -15,7 +15,9 @@ from PIL import Image
 import gradio as gr
 
 from studio.attributes.definitions import model_kind
-from studio.controllers.edit import EditingController, Img2ImgRequest, InpaintRequest, OutpaintRequest
+from studio.controllers.edit import (
+    EditingController, Img2ImgRequest, InpaintRequest, OutpaintRequest, PromptToPromptRequest,
+)
 from studio.editing import SIDES
 from studio.engine import SAMPLERS
 
@@ -132,6 +134,24 @@ class EditingHandlers:
                status_html(f"{type(request).__name__.removesuffix('Request').lower()} done "
                            f"({out.request.width}x{out.request.height}, seed {out.request.seed}){saved}", "ok"))
 
+    def prompt_to_prompt(self, prompt, target, negative, seed, steps, cfg, sampler, cross, self_fraction,
+                         reweight_word, reweight_factor, blend):
+        """(before/after gallery, status) of a prompt-to-prompt edit."""
+        try:
+            limits = FormLimits.for_model(self.controller.model, self.defaults)
+            base = limits.fixed_seed_request(self.defaults, why="source and edit share the noise", seed=seed,
+                                             steps=steps, cfg=cfg, prompt=prompt, negative_prompt=negative)
+            base = replace(base, sampler=limits.check("sampler", sampler))
+            word = str(reweight_word or "").strip()
+            reweight = ((word, float(reweight_factor)),) if word and float(reweight_factor) != 1.0 else ()
+            out = self.controller.prompt_to_prompt(PromptToPromptRequest(
+                base, str(target or ""), float(cross), float(self_fraction), reweight, bool(blend)))
+        except USER_ERRORS as e:
+            return gr.skip(), status_html(user_message(e), "error")
+        blend_note = f"; local blend on {', '.join(out.blend_words[1]) or '-'}" if blend else ""
+        return [(out.source, "source"), (out.edited, "edited")], \
+            status_html(f"prompt-to-prompt done (seed {out.request.seed}){blend_note}", "ok")
+
     def stop(self, session: EditingSession):
         return stop_run(session)
 
@@ -177,6 +197,25 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
         with gr.Column(scale=5):
             result = gr.Image(label="Result (live preview while it runs)", type="pil", format="png",
                               interactive=False, height=300, elem_id="edit_result")
+            with gr.Accordion("Prompt-to-prompt: edit a generated image by editing its prompt", open=False):
+                p2p_target = gr.Textbox(value="a large red square on a black background" if tinyworld else "",
+                                        label="Edited prompt (the Prompt above is the source)",
+                                        elem_id="edit_p2p_target")
+                with gr.Row():
+                    cross = gr.Slider(0, 1, value=0.8, step=0.05, label="Cross-attention injected (fraction of steps)",
+                                      elem_id="edit_p2p_cross")
+                    self_fraction = gr.Slider(0, 1, value=0.4, step=0.05, label="Self-attention injected",
+                                              elem_id="edit_p2p_self")
+                with gr.Row():
+                    reweight_word = gr.Textbox(label="Reweight word (of the edited prompt)",
+                                               elem_id="edit_p2p_word")
+                    reweight_factor = gr.Slider(-5, 10, value=1.0, step=0.5, label="factor",
+                                                elem_id="edit_p2p_factor")
+                    blend = gr.Checkbox(value=True, label="Local blend (keep the rest)", elem_id="edit_p2p_blend")
+                p2p_run = gr.Button("Render source and edit", elem_id="edit_p2p_run")
+                p2p_gallery = gr.Gallery(label="before · after (same noise)", columns=2, height=220,
+                                         elem_id="edit_p2p_gallery")
+                p2p_status = gr.HTML(elem_id="edit_p2p_status")
 
     gpu = dict(concurrency_limit=1, concurrency_id="gpu", show_progress="hidden")
     light = dict(concurrency_limit=None, concurrency_id="light", show_progress="hidden")
@@ -186,3 +225,6 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
     form = [mode, source, editor, prompt, negative, seed, steps, cfg, sampler, strength, feather, side, pixels]
     run.click(handlers.run, inputs=[state, *form], outputs=[result, progress, status], **gpu)
     stop.click(handlers.stop, inputs=[state], outputs=[status], **light)
+    p2p_run.click(handlers.prompt_to_prompt, inputs=[prompt, p2p_target, negative, seed, steps, cfg, sampler, cross,
+                                                     self_fraction, reweight_word, reweight_factor, blend],
+                  outputs=[p2p_gallery, p2p_status], **gpu)
