@@ -80,8 +80,9 @@ def cmd_inspect(args: argparse.Namespace, ctx: Context) -> int:
         import numpy as np
 
         from studio.controllers.inspect import (
-            ClassifyRequest, InformationRequest, InspectionController, InspectRequest, write_files,
+            ClassifyRequest, InformationRequest, InspectionController, InspectRequest,
         )
+        from studio.inspection.files import npy_bytes, png_bytes, write_files
         from studio.engine import InvalidRequest
         from studio.inspection.figures import overlay
         from studio.models import ModelLoadError
@@ -118,12 +119,12 @@ def cmd_inspect(args: argparse.Namespace, ctx: Context) -> int:
                                seed=args.seed, **{k: v for k, v in (("steps", args.steps), ("cfg", args.cfg),
                                                                     ("sampler", args.sampler)) if v is not None})
                 run = controller.run(InspectRequest(base, attention=action == "attention"))
-                files = {"image.png": _png(run.image)}
+                files = {"image.png": png_bytes(run.image)}
                 if action == "attention":
                     for word in run.words:
                         m = controller.word_map(run, word).astype(np.float32)
-                        files[f"{word}.npy"] = _npy(m)
-                        files[f"{word}.png"] = _png(overlay(run.image, m, 0.6).resize(
+                        files[f"{word}.npy"] = npy_bytes(m)
+                        files[f"{word}.png"] = png_bytes(overlay(run.image, m, 0.6).resize(
                             (max(256, run.image.width),) * 2, 0))
                     paths = write_files(out_dir, files) + controller.export(run, "attention", out_dir)
                     report["words"] = {w: list(i) for w, i in run.words.items()}
@@ -151,7 +152,7 @@ def cmd_inspect(args: argparse.Namespace, ctx: Context) -> int:
                 tokens = tuple(t.strip() for t in args.tokens.split(",") if t.strip())
                 result = controller.information(InformationRequest(image, args.prompt, tokens, levels=args.levels,
                                                                    samples=args.samples, seed=args.seed))
-                files = {f"{name}.npy": _npy(m.numpy().astype(np.float32)) for name, m in result.maps.items()}
+                files = {f"{name}.npy": npy_bytes(m.numpy().astype(np.float32)) for name, m in result.maps.items()}
                 paths = write_files(out_dir, files) + controller.export_information(result, image, out_dir)
                 report.update(result.to_json(), paths=[str(p) for p in paths])
                 if not args.json:
@@ -169,24 +170,6 @@ def cmd_inspect(args: argparse.Namespace, ctx: Context) -> int:
         report.setdefault("timings", {})["total"] = round(time.perf_counter() - t_start, 3)
         print(json.dumps(report), file=ctx.stdout)
     return 0
-
-
-def _png(image) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _npy(array) -> bytes:
-    import io
-
-    import numpy as np
-
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -34,6 +32,7 @@ from studio.engine.conditioning import plan_prompts
 from studio.inspection import CrossAttentionRecorder
 from studio.inspection.classifier import DEFAULT_STAGES, Classification, ClassifierStage, classify_latents
 from studio.inspection.figures import heat_image, line_plot, map_figure, overlay, scatter_plot
+from studio.inspection.files import contact_sheet, npz_bytes, png_bytes, safe_name, write_files
 from studio.inspection.information import DEFAULT_LEVELS, DEFAULT_SAMPLES, InformationMaps, information_maps
 from studio.inspection.trajectory import (
     ADAPTIVE_GUIDANCE_THRESHOLD, GuidanceStats, TrajectoryRecorder, difference_map, guidance_stats,
@@ -382,29 +381,29 @@ class InspectionController:
         records = run.trajectory.records
         meta = run.settings()
         if panel == "trajectory":
-            files["trajectory.npz"] = _npz(x_t=torch.stack([r.x_t for r in records]).numpy(),
+            files["trajectory.npz"] = npz_bytes(x_t=torch.stack([r.x_t for r in records]).numpy(),
                                            x0=torch.stack([r.x0 for r in records]).numpy(),
                                            timesteps=np.array([r.timestep for r in records]),
                                            alpha_bar=np.array([r.alpha_bar for r in records]))
             for fmt in ("webp", "gif"):
                 files[f"x0.{fmt}"] = self.animation(run, "x0", fmt)
                 files[f"x_t.{fmt}"] = self.animation(run, "x_t", fmt)
-            files["filmstrip.png"] = _png(_grid(self.filmstrip(run, "x_t") + self.filmstrip(run, "x0"), run.num_steps))
+            files["filmstrip.png"] = png_bytes(contact_sheet(self.filmstrip(run, "x_t") + self.filmstrip(run, "x0"), run.num_steps))
         elif panel == "guidance":
             stats = self.guidance(run, threshold)
             meta["guidance"] = stats.to_json()
             meta["roles"] = {r: self.role_label(run, r) for r in run.trajectory.roles}
-            files["guidance.npz"] = _npz(**{f"eps_{r.replace(':', '_')}": torch.stack([x.eps[r] for x in records])
+            files["guidance.npz"] = npz_bytes(**{f"eps_{r.replace(':', '_')}": torch.stack([x.eps[r] for x in records])
                                             .numpy() for r in run.trajectory.roles})
             norm, cosine = self.guidance_plots(run, threshold)
-            files["guidance_norm.png"], files["guidance_cosine.png"] = _png(norm), _png(cosine)
+            files["guidance_norm.png"], files["guidance_cosine.png"] = png_bytes(norm), png_bytes(cosine)
         else:
             maps = {w: self.word_map(run, w) for w in run.words}
             meta["words"] = {w: list(idx) for w, idx in run.words.items()}
             meta["resolutions"] = run.attention.resolutions()
-            files["attention.npz"] = _npz(**{_safe(w): m for w, m in maps.items()})
+            files["attention.npz"] = npz_bytes(**{safe_name(w): m for w, m in maps.items()})
             for w, m in maps.items():
-                files[f"attention_{_safe(w)}.png"] = _png(map_figure(m, title=f"'{w}'", label="attention (DAAM)",
+                files[f"attention_{safe_name(w)}.png"] = png_bytes(map_figure(m, title=f"'{w}'", label="attention (DAAM)",
                                                                      image=run.image))
         files[f"{panel}.json"] = json.dumps(meta, indent=2, default=str).encode()
         return write_files(Path(folder), files)
@@ -412,14 +411,14 @@ class InspectionController:
     def export_classification(self, result: Classification, folder: Path | str) -> list[Path]:
         return write_files(Path(folder), {
             "classification.json": json.dumps(result.to_json(), indent=2).encode(),
-            "classification.npz": _npz(errors=np.array(result.errors), timesteps=np.array(result.timesteps)),
-            "classification.png": _png(self.classification_plot(result))})
+            "classification.npz": npz_bytes(errors=np.array(result.errors), timesteps=np.array(result.timesteps)),
+            "classification.png": png_bytes(self.classification_plot(result))})
 
     def export_information(self, result: InformationMaps, image: Image.Image, folder: Path | str) -> list[Path]:
         files = {"information.json": json.dumps(result.to_json(), indent=2).encode(),
-                 "information.npz": _npz(**{k: v.numpy() for k, v in result.maps.items()})}
+                 "information.npz": npz_bytes(**{k: v.numpy() for k, v in result.maps.items()})}
         for name, m in result.maps.items():
-            files[f"information_{name}.png"] = _png(map_figure(m.numpy(), title=name, label="nats / pixel",
+            files[f"information_{name}.png"] = png_bytes(map_figure(m.numpy(), title=name, label="nats / pixel",
                                                                signed=name == "synergy", image=image))
         return write_files(Path(folder), files)
 
@@ -459,52 +458,3 @@ class InspectionController:
         """``"cond: a red circle"``: a role with the start of its prompt, for captions and legends."""
         text = run.role_texts.get(role, role)
         return f"{role}: {text[:40]}" if text else role
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", name)[:60] or "token"
-
-
-def _npz(**arrays) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
-
-def _png(image: Image.Image) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _grid(images: list[Image.Image], columns: int, scale: int = 2) -> Image.Image:
-    w, h = images[0].size
-    rows = (len(images) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * w * scale, rows * h * scale), "white")
-    for k, im in enumerate(images):
-        sheet.paste(im.resize((w * scale, h * scale), Image.NEAREST), ((k % columns) * w * scale,
-                                                                        (k // columns) * h * scale))
-    return sheet
-
-
-def write_files(folder: Path, files: dict[str, bytes]) -> list[Path]:
-    """Write every file or none: into a temporary sibling folder first, then moved into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
-    try:
-        for name, data in files.items():
-            (staging / name).write_bytes(data)
-        out = []
-        for name in files:
-            (staging / name).replace(folder / name)
-            out.append(folder / name)
-        return out
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
