@@ -13,7 +13,10 @@ p2p      prompt-to-prompt word swap "a large red circle and a medium <colour> <s
          circles' masks; objects of the source other than the circle found again in the edit (same colour and shape,
          IoU >= 0.8).
 
-    python bench/editing.py [--parts inpaint,p2p] [--n 100] [--threads 1]
+inversion  drawn scenes (one random object), prompt = their full caption: DDIM inversion with --inversion-steps (50)
+         and DDIM reconstruction at CFG 1; PSNR of the reconstruction against the scene.
+
+    python bench/editing.py [--parts inpaint,p2p,inversion] [--n 100] [--threads 1]
 """
 
 from __future__ import annotations
@@ -32,10 +35,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench._common import machine, print_table, write_results  # noqa: E402
-from studio.controllers.edit import EditingController, InpaintRequest, PromptToPromptRequest  # noqa: E402
+from studio.controllers.edit import (  # noqa: E402
+    EditingController, InpaintRequest, InversionRequest, PromptToPromptRequest,
+)
 from studio.models import load_model  # noqa: E402
 from studio.tinyworld.analyzer import analyze  # noqa: E402
-from studio.tinyworld.scenes import SceneObject, scene_from_objects  # noqa: E402
+from studio.tinyworld.captions import full_caption  # noqa: E402
+from studio.tinyworld.scenes import SceneObject, SceneSpec, generate_scene, scene_from_objects  # noqa: E402
 from studio.tinyworld.vocab import BACKGROUNDS, PALETTE, SIZES, TRAIN_SHAPES  # noqa: E402
 
 
@@ -111,6 +117,18 @@ def p2p(model, n: int, seed0: int, cross: float, self_fraction: float, blend: bo
             "other_objects_unchanged": other_kept / max(other_cases, 1), "other_objects": other_cases}
 
 
+def inversion(model, n: int, seed0: int, steps: int) -> dict:
+    controller = EditingController(model)
+    psnrs = []
+    for i in range(n):
+        scene = generate_scene(seed0 + i, SceneSpec(n_objects=1))
+        base = replace(controller.defaults(), prompt=full_caption(scene.background, scene.objects), steps=steps, seed=0)
+        psnrs.append(controller.invert(InversionRequest(base, scene.image)).psnr_db)
+    p = np.array(psnrs)
+    return {"scenes": n, "steps": steps, "psnr_db": {"mean": float(p.mean()), "median": float(np.median(p)),
+                                                     "min": float(p.min()), "share_at_or_above_25": float((p >= 25).mean())}}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tinyworld")
@@ -118,7 +136,8 @@ def main() -> int:
     p.add_argument("--feather", type=float, default=4.0)
     p.add_argument("--where", default="on the right",
                    help="position words added to the prompt (the mask is the right half); '' for none")
-    p.add_argument("--parts", default="inpaint,p2p")
+    p.add_argument("--parts", default="inpaint,p2p,inversion")
+    p.add_argument("--inversion-steps", type=int, default=50)
     p.add_argument("--cross", type=float, default=0.8)
     p.add_argument("--self-fraction", type=float, default=0.4)
     p.add_argument("--no-blend", action="store_true")
@@ -147,6 +166,13 @@ def main() -> int:
         print_table(["seeds", "one blue circle", "circle IoU >= 0.8", "other objects unchanged"],
                     [[r["seeds"], r["edit_has_one_blue_circle"], r["circle_iou_at_least_0_8"],
                       r["other_objects_unchanged"]]])
+    if "inversion" in parts:
+        t0 = time.perf_counter()
+        r = results["inversion"] = inversion(model, args.n, 90_000, args.inversion_steps)
+        results["seconds"]["inversion"] = round(time.perf_counter() - t0, 1)
+        print_table(["scenes", "steps", "PSNR mean / median / min dB", "share >= 25 dB"],
+                    [[r["scenes"], r["steps"], f"{r['psnr_db']['mean']:.1f} / {r['psnr_db']['median']:.1f} / "
+                      f"{r['psnr_db']['min']:.1f}", r["psnr_db"]["share_at_or_above_25"]]])
     results["machine"] = machine(model.device)
     print(f"wrote {write_results(args.name, results, args.out)}")
     return 0

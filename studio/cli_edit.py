@@ -20,6 +20,8 @@ modes:
   inpaint   repaint the white (or opaque) part of --mask; --feather softens its edge (pixels, default 4);
             outside the mask the output is the input's pixels
   outpaint  extend --image by --pixels on --side (left/right/top/bottom) and paint the new area
+  invert    DDIM inversion of --image under --prompt (--steps, default 50) and its reconstruction, written to
+            --out; prints the reconstruction's PSNR against the input
   p2p       prompt-to-prompt: render --prompt and --target on the same noise, the target's attention controlled by
             the source's (--cross, --self fractions of the steps; --reweight word:factor; --no-blend); writes
             the source to --out and the edit next to it as <out>-edit.png (no --image)
@@ -40,7 +42,7 @@ def add_edit_parser(sub) -> None:
     p = sub.add_parser("edit", help="img2img, inpainting and outpainting of an image",
                        description="Change part of an image and keep the rest.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["img2img", "inpaint", "outpaint", "p2p"])
+    p.add_argument("mode", choices=["img2img", "inpaint", "outpaint", "invert", "p2p"])
     p.add_argument("--image", help="the input image (PNG, JPEG or WebP); not for p2p")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative", default="")
@@ -72,7 +74,8 @@ def cmd_edit(args: argparse.Namespace, ctx: Context) -> int:
     with _quiet_libraries(enabled=True):
         from studio.controllers import FileSaver
         from studio.controllers.edit import (
-            EditingController, Img2ImgRequest, InpaintRequest, OutpaintRequest, PromptToPromptRequest,
+            EditingController, Img2ImgRequest, InpaintRequest, InversionRequest, OutpaintRequest,
+            PromptToPromptRequest,
         )
         from studio.engine import InvalidRequest
         from studio.models import ModelLoadError
@@ -117,6 +120,14 @@ def cmd_edit(args: argparse.Namespace, ctx: Context) -> int:
                 outcome = controller.inpaint(request)
             elif args.mode == "outpaint":
                 outcome = controller.outpaint(OutpaintRequest(base, image, args.side, args.pixels, args.feather))
+            elif args.mode == "invert":
+                steps = base.steps if args.steps is not None else 50
+                inverted = controller.invert(InversionRequest(replace(base, steps=steps), image))
+                inverted.reconstruction.save(out)
+                print(json.dumps({"mode": "invert", "path": str(out), "steps": steps,
+                                  "psnr_db": round(inverted.psnr_db, 3)}) if args.json else
+                      f"{out}\nreconstruction PSNR {inverted.psnr_db:.2f} dB ({steps} DDIM steps)", file=ctx.stdout)
+                return 0
             else:
                 outcome = controller.prompt_to_prompt(PromptToPromptRequest(
                     base, args.target, args.cross, args.self_fraction, reweight, not args.no_blend))

@@ -265,3 +265,37 @@ def test_cli_prompt_to_prompt_writes_both_images(tiny_model, tmp_path):
     code, out, err = run_cli(tiny_model, "p2p", "--prompt", "x", "--target", "y", "--reweight", "x", "--out",
                              tmp_path / "o.png")
     assert code == 2 and "word:factor" in err
+
+
+# ----------------------------------------------------------------------------- inversion
+
+
+def test_inversion_reconstructs_through_the_engine(tiny_model):
+    from studio.controllers.edit import InversionRequest
+
+    out = EditingController(tiny_model).invert(InversionRequest(replace(BASE, steps=4), source_image()))
+    f = tiny_model.vae_scale_factor
+    assert out.latents.shape == (1, 4, 64 // f, 64 // f) and out.request.sampler == "DDIM" and out.request.cfg == 1.0
+    assert out.reconstruction.size == (64, 64) and np.isfinite(out.psnr_db)
+
+
+@pytest.mark.slow
+def test_inversion_psnr_on_tinyworld(tiny_models):
+    from studio.controllers.edit import InversionRequest
+    from studio.tinyworld.captions import full_caption
+    from studio.tinyworld.scenes import SceneSpec, generate_scene
+
+    controller = EditingController(tiny_models("tinyworld"))
+    scene = generate_scene(90_001, SceneSpec(n_objects=1))
+    base = replace(controller.defaults(), prompt=full_caption(scene.background, scene.objects), steps=25)
+    out = controller.invert(InversionRequest(base, scene.image))
+    assert out.psnr_db > 25
+
+
+def test_cli_invert_prints_the_psnr(tiny_model, tmp_path):
+    source_image().save(tmp_path / "in.png")
+    code, out, err = run_cli(tiny_model, "invert", "--image", tmp_path / "in.png", "--prompt", "a red square",
+                             "--steps", 3, "--out", tmp_path / "recon.png", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["steps"] == 3 and (tmp_path / "recon.png").is_file() and "psnr_db" in report

@@ -3,6 +3,7 @@
 * :meth:`EditingController.img2img`: SDEdit at a strength (the fraction of steps run from the noised image).
 * :meth:`EditingController.inpaint`: repaint the masked region (white / opaque = repaint), the rest kept.
 * :meth:`EditingController.outpaint`: extend the canvas on one side and paint the new area.
+* :meth:`EditingController.invert`: DDIM inversion of a real image and its reconstruction (PSNR).
 * :meth:`EditingController.prompt_to_prompt`: the source prompt and its edit on the same noise, with the edit's
   attention controlled by the source's (word swap, refinement, reweighting, local blending).
 
@@ -12,6 +13,7 @@ techniques are in :mod:`studio.editing`; runs go through the shared :class:`Gene
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -25,7 +27,8 @@ from studio.editing import (
     KnownRegionBlend, composite, extend_canvas, feathered, img2img_start, latent_mask, mask_array, seeded_noise,
     start_step,
 )
-from studio.engine import CancelToken, Engine, GenerationRequest, InvalidRequest, RunHooks
+from studio.engine import CancelToken, Engine, GenerationRequest, InvalidRequest, RunHooks, StartLatents
+from studio.editing.inversion import ddim_invert
 from studio.editing.p2p import prompt_to_prompt_hooks
 from studio.engine.validate import size_rule
 from studio.errors import check_text_item
@@ -91,6 +94,23 @@ class PromptToPromptOutcome:
     request: GenerationRequest  # the source render as run
     blend_words: tuple[tuple[str, ...], tuple[str, ...]]
     saved: tuple = ()
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InversionRequest:
+    """Invert ``image`` under ``base.prompt`` (DDIM, ``base.steps`` steps, no guidance) and reconstruct it."""
+
+    base: GenerationRequest
+    image: Image.Image
+
+
+@dataclass(frozen=True)
+class InversionOutcome:
+    latents: torch.Tensor  # x_T: start a DDIM run of the same steps here (StartLatents(latents, 0))
+    reconstruction: Image.Image
+    psnr_db: float  # reconstruction against the input
+    request: GenerationRequest  # the reconstruction's request (DDIM, CFG 1)
     timings: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -188,6 +208,23 @@ class EditingController:
                                      request=replace(outcome.request, batch_size=1, shared_seed=False),
                                      blend_words=blend, saved=outcome.saved,
                                      timings={**outcome.timings, "total": time.perf_counter() - t0})
+
+    def invert(self, request: InversionRequest, *, cancel: CancelToken | None = None) -> InversionOutcome:
+        # 1. validate; the reconstruction is DDIM without guidance, as the inversion assumes
+        base, x0, _ = self._prepare(replace(request.base, sampler="DDIM", cfg=1.0), request.image)
+        # 2. invert, then sample back from x_T
+        t0 = time.perf_counter()
+        x_t = ddim_invert(self.model, x0, base.prompt, base.steps, cancel=cancel)
+        t_invert = time.perf_counter() - t0
+        result = self.engine.generate(base, cancel=cancel, start=StartLatents(x_t, 0))
+        image = result.images[0]
+        a = np.asarray(image.convert("RGB"), dtype=np.float64)
+        b = np.asarray(request.image.convert("RGB"), dtype=np.float64)
+        mse = float(((a - b) ** 2).mean())
+        psnr = 10 * math.log10(255.0 ** 2 / max(mse, 1e-10))
+        return InversionOutcome(latents=x_t.cpu(), reconstruction=image, psnr_db=psnr, request=base,
+                                timings={"invert": t_invert, "reconstruct": result.timings["total"],
+                                         "total": time.perf_counter() - t0})
 
     # ---- helpers
 
