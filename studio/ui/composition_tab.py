@@ -23,7 +23,7 @@ from studio.engine import GenerationRequest
 
 from .errors import USER_ERRORS, status_html, unexpected_message, user_message
 from .generate_tab import FormLimits, progress_html
-from .streaming import Busy, RunSession, run_error, stop_run, stream_run
+from .streaming import Busy, RunSession, run_controls, run_error, stop_run, stream_run
 
 N_PARTS = 4
 N_STAGE_ROWS = 2
@@ -295,11 +295,7 @@ def build_composition_tab(handlers: CompositionHandlers, state: gr.State) -> Non
                     target = gr.Dropdown([str(i + 1) for i in range(N_REGIONS)], value="1", label="for region",
                                          elem_id="compose_draw_target")
                     use_drawing = gr.Button("Use drawing", elem_id="compose_use_drawing")
-            with gr.Row():
-                run = gr.Button("Compose", variant="primary", elem_id="compose_run")
-                stop = gr.Button("Stop", variant="stop", elem_id="compose_stop")
-            progress = gr.HTML(progress_html(0, 1, "idle"), elem_id="compose_progress")
-            status = gr.HTML(status_html("Write parts, set weights, Compose."), elem_id="compose_status")
+            run, stop, progress, status = run_controls("compose", "Compose", "Write parts, set weights, Compose.")
         with gr.Column(scale=6):
             with gr.Row():
                 image = gr.Image(label="Composed (live preview while it runs)", type="pil", format="png",

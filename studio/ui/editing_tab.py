@@ -23,7 +23,7 @@ from studio.engine import SAMPLERS
 
 from .errors import USER_ERRORS, status_html, user_message
 from .generate_tab import FormLimits, progress_html
-from .streaming import Busy, RunSession, run_error, stop_run, stream_run
+from .streaming import Busy, RunSession, run_controls, run_error, stop_run, stream_run
 
 MODES = ("inpaint", "img2img", "outpaint")
 EDITOR_SIDE = 256  # small images are shown enlarged (nearest) so a brush can paint them
@@ -188,12 +188,8 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
             with gr.Row():
                 side = gr.Dropdown(list(SIDES), value="right", label="Outpaint side", elem_id="edit_side")
                 pixels = gr.Slider(8, 128, value=16, step=8, label="Outpaint by (px)", elem_id="edit_pixels")
-            with gr.Row():
-                run = gr.Button("Edit", variant="primary", elem_id="edit_run")
-                stop = gr.Button("Stop", variant="stop", elem_id="edit_stop")
-            progress = gr.HTML(progress_html(0, 1, "idle"), elem_id="edit_progress")
-            status = gr.HTML(status_html("Load an image, paint a mask, describe what to paint, Edit."),
-                             elem_id="edit_status")
+            run, stop, progress, status = run_controls(
+                "edit", "Edit", "Load an image, paint a mask, describe what to paint, Edit.")
         with gr.Column(scale=5):
             result = gr.Image(label="Result (live preview while it runs)", type="pil", format="png",
                               interactive=False, height=300, elem_id="edit_result")

@@ -23,7 +23,7 @@ from studio.inspection.figures import map_figure
 
 from .errors import USER_ERRORS, status_html, unexpected_message, user_message
 from .generate_tab import FormLimits, progress_html
-from .streaming import Busy, RunSession, run_error, stop_run, stream_run
+from .streaming import Busy, RunSession, run_controls, run_error, stop_run, stream_run
 
 ALL = "all"
 EXPORT_PANELS = ("trajectory", "guidance", "attention", "classifier", "information")
@@ -280,14 +280,10 @@ def build_inspection_tab(handlers: InspectionHandlers, state: gr.State) -> None:
                 steps = gr.Slider(1, 150, value=d.steps, step=1, label="Steps", elem_id="inspect_steps")
                 cfg = gr.Slider(0, 30, value=d.cfg, step=0.5, label="CFG scale", elem_id="inspect_cfg")
                 sampler = gr.Dropdown(list(SAMPLERS), value=d.sampler, label="Sampler", elem_id="inspect_sampler")
-            with gr.Row():
-                attention = gr.Checkbox(value=True, label="Record attention (streams the word's map)",
-                                        elem_id="inspect_attention_on")
-                run_btn = gr.Button("Inspect", variant="primary", elem_id="inspect_run")
-                stop = gr.Button("Stop", variant="stop", elem_id="inspect_stop")
-            progress = gr.HTML(progress_html(0, 1, "idle"), elem_id="inspect_progress")
-            status = gr.HTML(status_html("Write a prompt and press Inspect: every step is recorded."),
-                             elem_id="inspect_status")
+            attention = gr.Checkbox(value=True, label="Record attention (streams the word's map)",
+                                    elem_id="inspect_attention_on")
+            run_btn, stop, progress, status = run_controls(
+                "inspect", "Inspect", "Write a prompt and press Inspect: every step is recorded.")
         with gr.Column(scale=6):
             with gr.Row():
                 image = gr.Image(label="Image (live x0 while it runs)", type="pil", format="png", interactive=False,

@@ -90,3 +90,18 @@ def stop_run(session: RunSession | None) -> str:
         session.cancel.cancel()
         return status_html("stopping…", "warning")
     return status_html("nothing is running", "info")
+
+
+def run_controls(prefix: str, label: str, hint: str):
+    """The run row every workbench tab has: its primary button, Stop, a progress bar and a status line, with
+    element ids ``<prefix>_run``, ``_stop``, ``_progress``, ``_status``. Returns (run, stop, progress, status)."""
+    import gradio as gr
+
+    from .generate_tab import progress_html
+
+    with gr.Row():
+        run = gr.Button(label, variant="primary", elem_id=f"{prefix}_run")
+        stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}_stop")
+    progress = gr.HTML(progress_html(0, 1, "idle"), elem_id=f"{prefix}_progress")
+    status = gr.HTML(status_html(hint), elem_id=f"{prefix}_status")
+    return run, stop, progress, status
