@@ -16,7 +16,14 @@ p2p      prompt-to-prompt word swap "a large red circle and a medium <colour> <s
 inversion  drawn scenes (one random object), prompt = their full caption: DDIM inversion with --inversion-steps (50)
          and DDIM reconstruction at CFG 1; PSNR of the reconstruction against the scene.
 
-    python bench/editing.py [--parts inpaint,p2p,inversion] [--n 100] [--threads 1]
+concept  closed-form concept edit "circle -> square" preserving triangle, square, ring, star (the shipped Tiny World
+         presets: UCE and Diff-QuickFix). Per seed one random prompt naming a circle (size, colour, position and
+         background each said with probability 0.75) and the same prompt with "triangle" and "square". Edited
+         model: circle prompt -> one square; triangle prompt -> one triangle; the prompted colour kept. Original
+         model on the same seeds: the square prompt -> one square (the ceiling: the edit can only draw a square as
+         well as the model draws one), the circle and triangle prompts -> their shapes.
+
+    python bench/editing.py [--parts inpaint,p2p,inversion,concept] [--n 100] [--threads 1]
 """
 
 from __future__ import annotations
@@ -129,6 +136,66 @@ def inversion(model, n: int, seed0: int, steps: int) -> dict:
                                                      "min": float(p.min()), "share_at_or_above_25": float((p >= 25).mean())}}
 
 
+def concept_prompts(n: int, seed0: int) -> list[tuple[dict, str]]:
+    """``(attributes, prompt template with {shape})`` per seed."""
+    from studio.tinyworld.captions import article
+    from studio.tinyworld.vocab import COLUMNS, ROWS, position_phrase
+
+    rng = random.Random(seed0)
+    out = []
+    for _ in range(n):
+        keep = {k: rng.random() < 0.75 for k in ("size", "colour", "position", "background")}
+        attrs = {"size": rng.choice(list(SIZES)), "colour": rng.choice(list(PALETTE)),
+                 "position": position_phrase(rng.choice(COLUMNS), rng.choice(ROWS)),
+                 "background": rng.choice(list(BACKGROUNDS))}
+        words = [attrs[k] for k in ("size", "colour") if keep[k]] + ["{shape}"]
+        text = f"{article(words[0]) if words[0] != '{shape}' else '{article}'} {' '.join(words)}"
+        text += f" {attrs['position']}" if keep["position"] else ""
+        text += f" on a {attrs['background']} background" if keep["background"] else ""
+        out.append(({k: v for k, v in attrs.items() if keep[k]}, text))
+    return out
+
+
+def concept(model, n: int, seed0: int) -> dict:
+    from studio.controllers.edit import EditingController as Controller
+
+    controller = Controller(model)
+    _, presets = controller.concept_presets()
+    chosen = [p for p in presets if p.spec.edits == (("circle", "square"),)]
+    edited = {p.spec.method: controller.edit_concepts(p.spec) for p in chosen}
+    runners = {"original": controller, **{m: controller.on_edited(e) for m, e in edited.items()}}
+
+    def one(runner, template: str, shape: str, seed: int):
+        prompt = template.replace("{shape}", shape).replace("{article}", "a")
+        base = replace(controller.defaults(), prompt=prompt, seed=seed)
+        objects = analyze(runner.generator.run(base).images[0]).objects
+        return objects[0] if len(objects) == 1 else None
+
+    counts: dict = {name: {} for name in runners}
+    cases = concept_prompts(n, seed0)
+    for i, (attrs, template) in enumerate(cases):
+        seed = seed0 + i
+        for name, runner in runners.items():
+            shapes = ("circle", "triangle", "square") if name == "original" else ("circle", "triangle")
+            for shape in shapes:
+                o = one(runner, template, shape, seed)
+                row = counts[name].setdefault(shape, {"one_circle": 0, "one_square": 0, "one_triangle": 0,
+                                                      "colour_kept": 0, "colour_cases": 0})
+                if o is not None and o.shape in ("circle", "square", "triangle"):
+                    row[f"one_{o.shape}"] += 1
+                if "colour" in attrs:
+                    row["colour_cases"] += 1
+                    row["colour_kept"] += o is not None and o.colour == attrs["colour"]
+    rates = {name: {shape: {k: (v / n if k.startswith("one_") else v) for k, v in row.items()}
+                    for shape, row in by_shape.items()} for name, by_shape in counts.items()}
+    for by_shape in rates.values():
+        for row in by_shape.values():
+            row["colour_kept"] = row["colour_kept"] / max(row.pop("colour_cases"), 1)
+    return {"seeds": n, "edit_seconds": {m: round(e.seconds, 3) for m, e in edited.items()},
+            "edits": {m: e.settings() | {"templates": len(e.delta.spec.templates)} for m, e in edited.items()},
+            "rates": rates}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tinyworld")
@@ -173,6 +240,18 @@ def main() -> int:
         print_table(["scenes", "steps", "PSNR mean / median / min dB", "share >= 25 dB"],
                     [[r["scenes"], r["steps"], f"{r['psnr_db']['mean']:.1f} / {r['psnr_db']['median']:.1f} / "
                       f"{r['psnr_db']['min']:.1f}", r["psnr_db"]["share_at_or_above_25"]]])
+    if "concept" in parts:
+        t0 = time.perf_counter()
+        r = results["concept"] = concept(model, args.n, 95_000)
+        results["seconds"]["concept"] = round(time.perf_counter() - t0, 1)
+        rates = r["rates"]
+        rows = [["original", "-", rates["original"]["circle"]["one_square"],
+                 rates["original"]["triangle"]["one_triangle"], rates["original"]["square"]["one_square"],
+                 rates["original"]["circle"]["colour_kept"]]]
+        rows += [[m, r["edit_seconds"][m], rates[m]["circle"]["one_square"], rates[m]["triangle"]["one_triangle"],
+                  "-", rates[m]["circle"]["colour_kept"]] for m in r["edit_seconds"]]
+        print_table(["model", "edit s", "circle prompt -> square", "triangle prompt -> triangle",
+                     "square prompt -> square", "colour kept (circle prompts)"], rows)
     results["machine"] = machine(model.device)
     print(f"wrote {write_results(args.name, results, args.out)}")
     return 0

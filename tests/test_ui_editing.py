@@ -39,7 +39,7 @@ def test_inpaint_from_a_painted_editor(handlers):
     assert editor["background"].size == (256, 256)  # shown enlarged for painting
     mask = painted_mask(editor)
     assert mask.shape == (256, 256) and mask[:, 200].min() == 1.0 and mask[:, 10].max() == 0.0
-    frames = list(handlers.run(EditingSession(), *form(image, editor)))
+    frames = list(handlers.run(EditingSession(), True, *form(image, editor)))
     result, status = frames[-1][0], frames[-1][2]
     assert "inpaint done (64x64, seed 1)" in status
     assert np.array_equal(np.asarray(result)[:, :24], np.asarray(image)[:, :24])  # unpainted side kept
@@ -47,22 +47,22 @@ def test_inpaint_from_a_painted_editor(handlers):
 
 def test_other_modes_and_messages(handlers):
     image = Image.new("RGB", (64, 64), (20, 20, 20))
-    frames = list(handlers.run(EditingSession(), *form(image, handlers.to_editor(image), mode="outpaint")))
+    frames = list(handlers.run(EditingSession(), True, *form(image, handlers.to_editor(image), mode="outpaint")))
     assert frames[-1][0].size == (80, 64) and "outpaint done (80x64" in frames[-1][2]
-    frames = list(handlers.run(EditingSession(), *form(image, None, mode="img2img", strength=0.5)))
+    frames = list(handlers.run(EditingSession(), True, *form(image, None, mode="img2img", strength=0.5)))
     assert "img2img done" in frames[-1][2]
-    assert "paint over the region" in list(handlers.run(EditingSession(), *form(image, handlers.to_editor(image))))[-1][2]
-    assert "upload an input image" in list(handlers.run(EditingSession(), *form(None, None)))[-1][2]
-    assert "seed must be a fixed number" in list(handlers.run(EditingSession(), *form(image, None, mode="img2img",
+    assert "paint over the region" in list(handlers.run(EditingSession(), True, *form(image, handlers.to_editor(image))))[-1][2]
+    assert "upload an input image" in list(handlers.run(EditingSession(), True, *form(None, None)))[-1][2]
+    assert "seed must be a fixed number" in list(handlers.run(EditingSession(), True, *form(image, None, mode="img2img",
                                                                                         seed=-1)))[-1][2]
 
 
 def test_prompt_to_prompt_from_the_tab(handlers):
-    gallery, status = handlers.prompt_to_prompt("a blue square", "a green square", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4,
+    gallery, status = handlers.prompt_to_prompt(EditingSession(), True, "a blue square", "a green square", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4,
                                                 "square", 2.0, True)
     assert [caption for _, caption in gallery] == ["source", "edited"] and "local blend on green" in status
-    _, status = handlers.prompt_to_prompt("a blue square", "", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4, "", 1.0, True)
+    _, status = handlers.prompt_to_prompt(EditingSession(), True, "a blue square", "", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4, "", 1.0, True)
     assert "write the edited prompt" in status
-    _, status = handlers.prompt_to_prompt("a blue square", "a red square", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4,
+    _, status = handlers.prompt_to_prompt(EditingSession(), True, "a blue square", "a red square", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4,
                                           "hexagon", 2.0, True)
     assert "does not occur" in status

@@ -6,6 +6,10 @@
 * :meth:`EditingController.invert`: DDIM inversion of a real image and its reconstruction (PSNR).
 * :meth:`EditingController.prompt_to_prompt`: the source prompt and its edit on the same noise, with the edit's
   attention controlled by the source's (word swap, refinement, reweighting, local blending).
+* :meth:`EditingController.edit_concepts`: a closed-form concept edit (UCE, Diff-QuickFix) giving an
+  :class:`EditedModel`, a copy of the model owned by the caller (a browser session); :meth:`on_edited` runs every
+  other edit on it, :meth:`compare_concept_edit` renders a prompt before and after, and the edit saves and loads
+  as a small delta file. The shared model is never modified: reverting is dropping the copy.
 
 Every result is saved (when the controller has a store) with its editing settings in ``controls["editing"]``. The
 techniques are in :mod:`studio.editing`; runs go through the shared :class:`GenerateController` (one engine loop).
@@ -28,6 +32,9 @@ from studio.editing import (
     start_step,
 )
 from studio.engine import CancelToken, Engine, GenerationRequest, InvalidRequest, RunHooks, StartLatents
+from studio.editing.concepts import (
+    ConceptDelta, ConceptEditSpec, compute_delta, concept_presets_for, edited_copy, load_delta, save_delta,
+)
 from studio.editing.inversion import ddim_invert
 from studio.editing.p2p import prompt_to_prompt_hooks
 from studio.engine.validate import size_rule
@@ -123,6 +130,31 @@ class EditOutcome:
     saved: tuple = ()
     timings: Mapping[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EditedModel:
+    """A concept edit and the model copy it made (owned by whoever asked: one browser session, one CLI run)."""
+
+    delta: ConceptDelta
+    model: object  # a LoadedModel sharing every untouched tensor with the original
+    seconds: float  # time to compute and apply the edit
+
+    def describe(self) -> str:
+        return self.delta.spec.describe()
+
+    def settings(self) -> dict:
+        """What is saved with every image the edited model makes."""
+        return {**self.delta.spec.as_dict(), "delta": self.delta.digest, "base_model_hash": self.delta.model_hash}
+
+
+@dataclass(frozen=True)
+class ConceptCompareOutcome:
+    original: Image.Image
+    edited: Image.Image
+    request: GenerationRequest
+    saved: tuple = ()
+    timings: Mapping[str, float] = field(default_factory=dict)
 
 
 class EditingController:
@@ -225,6 +257,63 @@ class EditingController:
         return InversionOutcome(latents=x_t.cpu(), reconstruction=image, psnr_db=psnr, request=base,
                                 timings={"invert": t_invert, "reconstruct": result.timings["total"],
                                          "total": time.perf_counter() - t0})
+
+    # ---- concept edits of the model
+
+    def concept_presets(self):
+        """``(templates, presets)`` for this model's kind (``presets/concepts``)."""
+        return concept_presets_for(self.model)
+
+    def edit_concepts(self, spec: ConceptEditSpec) -> EditedModel:
+        """Compute ``spec`` on this controller's model and apply it to a copy (seconds; nothing shared changes)."""
+        if not isinstance(spec, ConceptEditSpec):
+            raise InvalidRequest(f"expected a ConceptEditSpec, got {type(spec).__name__}")
+        t0 = time.perf_counter()
+        delta = compute_delta(self.model, spec)
+        return EditedModel(delta=delta, model=edited_copy(self.model, delta), seconds=time.perf_counter() - t0)
+
+    def load_concept_edit(self, path) -> EditedModel:
+        """An edit saved by :meth:`save_concept_edit`, applied to a copy of this model (it must be the same model)."""
+        t0 = time.perf_counter()
+        delta = load_delta(path)
+        return EditedModel(delta=delta, model=edited_copy(self.model, delta), seconds=time.perf_counter() - t0)
+
+    @staticmethod
+    def save_concept_edit(edited: EditedModel, path):
+        """Write the edit (a ``d x d`` matrix and its settings) as ``.safetensors``; returns the path."""
+        return save_delta(edited.delta, path)
+
+    def on_edited(self, edited: EditedModel | None) -> EditingController:
+        """This controller running on ``edited``'s model copy (the same store); ``self`` for ``None``."""
+        if edited is None:
+            return self
+        return EditingController(edited.model, generator=self.generator.for_model(edited.model))
+
+    def compare_concept_edit(self, edited: EditedModel, base: GenerationRequest, *, save: bool = True,
+                             cancel: CancelToken | None = None,
+                             on_progress: ProgressCallback | None = None) -> ConceptCompareOutcome:
+        """``base`` rendered by the original model and by ``edited``'s copy, on the same seed."""
+        # 1. validate
+        if not isinstance(edited, EditedModel):
+            raise InvalidRequest("apply or load a concept edit first", "concept_edit")
+        if not isinstance(base, GenerationRequest):
+            raise InvalidRequest(f"expected a GenerationRequest, got {type(base).__name__}")
+        base = self.generator.prepare(replace(base, batch_size=1))
+        settings = edited.settings()
+        # 2. before, then after (same request, same noise)
+        t0 = time.perf_counter()
+        runners = [self.generator, self.generator.for_model(edited.model)]
+        images, saved = [], []
+        for i, runner in enumerate(runners):
+            runner = runner if save else runner.with_store(None)
+            progress = (lambda step, total, i=i: on_progress(i * total + step, 2 * total)) if on_progress else None
+            controls = {"editing": {"mode": "concept edit", "model": "edited" if i else "original",
+                                    "concept_edit": settings}}
+            outcome = runner.run(base, cancel=cancel, on_progress=progress, controls=controls, workbench=WORKBENCH)
+            images.append(outcome.images[0])
+            saved += list(outcome.saved)
+        return ConceptCompareOutcome(original=images[0], edited=images[1], request=outcome.request,
+                                     saved=tuple(saved), timings={"total": time.perf_counter() - t0})
 
     # ---- helpers
 

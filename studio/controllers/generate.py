@@ -338,6 +338,14 @@ class GenerateController:
         other.store = store
         return other
 
+    def for_model(self, model) -> GenerateController:
+        """A controller with the same store and preview settings running ``model`` (e.g. a session's edited copy)."""
+        other = self.with_store(self.store)
+        other.model = model
+        other.engine = Engine(model)
+        other.last_seed = None
+        return other
+
     def defaults(self) -> GenerationRequest:
         """The model's default request (see :func:`model_defaults`); seed ``-1`` = random."""
         return model_defaults(self.model)

@@ -82,7 +82,7 @@ class ConceptEditSpec:
 
     def as_dict(self) -> dict:
         return {"method": self.method, "edits": [list(e) for e in self.edits], "preserve": list(self.preserve),
-                "strength": self.lam, "templates": list(self.templates)}
+                "strength": self.lam, "templates": list(self.templates), "preserve_weight": self.preserve_weight}
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,8 @@ def check_spec(spec: ConceptEditSpec) -> None:
     for word in spec.preserve:
         if word.strip().lower() in edited:
             raise InvalidRequest(f"{word!r} is both edited and preserved; drop one", "preserve")
+    if not (spec.preserve_weight >= 0):
+        raise InvalidRequest(f"preserve weight must be >= 0, got {spec.preserve_weight}", "preserve_weight")
     if not (spec.lam > 0):
         raise InvalidRequest(f"strength (lambda) must be > 0, got {spec.lam}", "strength")
     if not spec.templates or any("{concept}" not in t for t in spec.templates):
@@ -349,7 +351,8 @@ def load_delta(path: Path) -> ConceptDelta:
         raw = json.loads(meta["spec"])
         spec = ConceptEditSpec(method=raw["method"], edits=tuple((a, b) for a, b in raw["edits"]),
                                preserve=tuple(raw["preserve"]), strength=float(raw["strength"]),
-                               templates=tuple(raw["templates"]))
+                               templates=tuple(raw["templates"]),
+                               preserve_weight=float(raw.get("preserve_weight", 1.0)))
         targets = tuple(json.loads(meta["targets"]))
         component = meta["component"]
     except ConceptDeltaError:

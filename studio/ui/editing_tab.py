@@ -1,12 +1,15 @@
-"""The Editing tab: img2img, inpainting with a painted mask, outpainting, prompt-to-prompt. Widgets only; the work is
-:class:`~studio.controllers.edit.EditingController`'s. Per-user state lives in :class:`EditingSession`.
+"""The Editing tab: img2img, inpainting with a painted mask, outpainting, prompt-to-prompt, closed-form concept edits
+of the model. Widgets only; the work is :class:`~studio.controllers.edit.EditingController`'s. Per-user state lives in
+:class:`EditingSession`: a concept edit is a model copy owned by that session (no other session ever sees it).
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,8 +19,9 @@ import gradio as gr
 
 from studio.attributes.definitions import model_kind
 from studio.controllers.edit import (
-    EditingController, Img2ImgRequest, InpaintRequest, OutpaintRequest, PromptToPromptRequest,
+    EditedModel, EditingController, Img2ImgRequest, InpaintRequest, OutpaintRequest, PromptToPromptRequest,
 )
+from studio.editing.concepts import METHOD_NAMES, ConceptEditSpec, parse_concepts, parse_edits
 from studio.editing import SIDES
 from studio.engine import SAMPLERS
 
@@ -29,8 +33,11 @@ MODES = ("inpaint", "img2img", "outpaint")
 EDITOR_SIDE = 256  # small images are shown enlarged (nearest) so a brush can paint them
 
 
+@dataclass
 class EditingSession(RunSession):
-    """One browser session's run state (never shared between sessions)."""
+    """One browser session's run state and its concept-edited model copy (never shared between sessions)."""
+
+    edited: EditedModel | None = None
 
 
 def enlarged(image: Image.Image) -> Image.Image:
@@ -100,7 +107,12 @@ class EditingHandlers:
             raise ValueError("paint over the region to repaint in the mask editor first")
         return InpaintRequest(base, image, mask, float(feather), float(strength))
 
-    def run(self, session: EditingSession, *form):
+    def controller_for(self, session: EditingSession | None, use_edited) -> EditingController:
+        """The shared controller, or one on the session's concept-edited copy when it has one and it is wanted."""
+        edited = session.edited if session is not None and use_edited else None
+        return self.controller.on_edited(edited)
+
+    def run(self, session: EditingSession, use_edited, *form):
         """Generator: yields (result image, progress, status)."""
         session = session if session is not None else EditingSession()
         try:
@@ -108,8 +120,9 @@ class EditingHandlers:
         except USER_ERRORS as e:
             yield gr.skip(), gr.skip(), status_html(user_message(e), "error")
             return
-        method = {Img2ImgRequest: self.controller.img2img, InpaintRequest: self.controller.inpaint,
-                  OutpaintRequest: self.controller.outpaint}[type(request)]
+        controller = self.controller_for(session, use_edited)
+        method = {Img2ImgRequest: controller.img2img, InpaintRequest: controller.inpaint,
+                  OutpaintRequest: controller.outpaint}[type(request)]
 
         def work(token, emit):
             return method(request, cancel=token, on_preview=lambda im, step, total: emit((im, step, total)),
@@ -130,11 +143,12 @@ class EditingHandlers:
             return
         out = value
         saved = f"; saved {getattr(out.saved[0], 'relative_path', out.saved[0])}" if out.saved else ""
+        on = " on the concept-edited model" if controller is not self.controller else ""
         yield (out.images[0], progress_html(1, 1, f"{time.perf_counter() - t0:.1f} s"),
-               status_html(f"{type(request).__name__.removesuffix('Request').lower()} done "
+               status_html(f"{type(request).__name__.removesuffix('Request').lower()} done{on} "
                            f"({out.request.width}x{out.request.height}, seed {out.request.seed}){saved}", "ok"))
 
-    def prompt_to_prompt(self, prompt, target, negative, seed, steps, cfg, sampler, cross, self_fraction,
+    def prompt_to_prompt(self, session, use_edited, prompt, target, negative, seed, steps, cfg, sampler, cross, self_fraction,
                          reweight_word, reweight_factor, blend):
         """(before/after gallery, status) of a prompt-to-prompt edit."""
         try:
@@ -144,7 +158,7 @@ class EditingHandlers:
             base = replace(base, sampler=limits.check("sampler", sampler))
             word = str(reweight_word or "").strip()
             reweight = ((word, float(reweight_factor)),) if word and float(reweight_factor) != 1.0 else ()
-            out = self.controller.prompt_to_prompt(PromptToPromptRequest(
+            out = self.controller_for(session, use_edited).prompt_to_prompt(PromptToPromptRequest(
                 base, str(target or ""), float(cross), float(self_fraction), reweight, bool(blend)))
         except USER_ERRORS as e:
             return gr.skip(), status_html(user_message(e), "error")
@@ -154,6 +168,82 @@ class EditingHandlers:
 
     def stop(self, session: EditingSession):
         return stop_run(session)
+
+    # ---- concept edits (a model copy owned by the session)
+
+    def concept_presets(self) -> dict[str, ConceptEditSpec]:
+        _, presets = self.controller.concept_presets()
+        return {p.name: p.spec for p in presets}
+
+    def concept_preset(self, name):
+        """Fill the form from a shipped edit: (method, edits, preserve, lambda, preserve weight)."""
+        spec = self.concept_presets().get(name)
+        if spec is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (spec.method, ", ".join(f"{a} -> {b}".rstrip() for a, b in spec.edits), ", ".join(spec.preserve),
+                spec.lam, spec.preserve_weight)
+
+    def concept_apply(self, session: EditingSession, method, edits, preserve, lam, preserve_weight):
+        """Compute the edit and make it this session's model copy; the status line."""
+        try:
+            templates, _ = self.controller.concept_presets()
+            spec = ConceptEditSpec(method=str(method), edits=parse_edits(str(edits or "")),
+                                   preserve=parse_concepts(str(preserve or "")),
+                                   strength=None if lam in (None, "") else float(lam), templates=templates,
+                                   preserve_weight=float(preserve_weight))
+            session.edited = self.controller.edit_concepts(spec)
+        except USER_ERRORS as e:
+            return status_html(user_message(e), "error")
+        return self._concept_status(session, "applied")
+
+    def concept_revert(self, session: EditingSession):
+        if session.edited is None:
+            return status_html("no concept edit is active; the original model is in use", "info")
+        session.edited = None
+        return status_html("reverted: this session uses the original model again", "ok")
+
+    def concept_save(self, session: EditingSession):
+        """(file to download, status)."""
+        if session.edited is None:
+            return None, status_html("apply or load a concept edit first", "error")
+        folder = Path(tempfile.mkdtemp(prefix="studio-concept-"))
+        name = "concept-edit-" + session.edited.delta.digest + ".safetensors"
+        try:
+            path = self.controller.save_concept_edit(session.edited, folder / name)
+        except (OSError, *USER_ERRORS) as e:
+            return None, status_html(f"could not save the edit: {user_message(e)}", "error")
+        return str(path), self._concept_status(session, f"saved as {name}")
+
+    def concept_load(self, session: EditingSession, file):
+        if file is None:
+            return status_html("choose a concept-edit file (.safetensors) to load", "error")
+        path = getattr(file, "name", file)
+        try:
+            session.edited = self.controller.load_concept_edit(path)
+        except USER_ERRORS as e:
+            return status_html(user_message(e), "error")
+        return self._concept_status(session, "loaded")
+
+    def concept_compare(self, session: EditingSession, prompt, negative, seed, steps, cfg, sampler):
+        """(before/after gallery, status): the prompt on the original model and on the session's copy."""
+        if session is None or session.edited is None:
+            return gr.skip(), status_html("apply or load a concept edit first", "error")
+        try:
+            limits = FormLimits.for_model(self.controller.model, self.defaults)
+            base = limits.fixed_seed_request(self.defaults, why="before and after share the noise", seed=seed,
+                                             steps=steps, cfg=cfg, prompt=prompt, negative_prompt=negative)
+            base = replace(base, sampler=limits.check("sampler", sampler))
+            out = self.controller.compare_concept_edit(session.edited, base)
+        except USER_ERRORS as e:
+            return gr.skip(), status_html(user_message(e), "error")
+        return [(out.original, "original model"), (out.edited, "edited model")], \
+            status_html(f"rendered before/after (seed {out.request.seed}, {out.timings['total']:.1f} s)", "ok")
+
+    @staticmethod
+    def _concept_status(session: EditingSession, what: str) -> str:
+        e = session.edited
+        return status_html(f"{what}: {METHOD_NAMES[e.delta.spec.method]}: {e.describe()} ({e.seconds:.2f} s); "
+                           f"this session's model is now {e.model.weights_hash} (only you see it)", "ok")
 
 
 def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
@@ -212,6 +302,42 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
                 p2p_gallery = gr.Gallery(label="before · after (same noise)", columns=2, height=220,
                                          elem_id="edit_p2p_gallery")
                 p2p_status = gr.HTML(elem_id="edit_p2p_status")
+            with gr.Accordion("Concept edits of the model (this browser session only)", open=False):
+                presets = handlers.concept_presets()
+                with gr.Row():
+                    concept_preset = gr.Dropdown(list(presets), value=None, label="Suggested edit",
+                                                 elem_id="edit_concept_preset")
+                    concept_method = gr.Radio([(v, k) for k, v in METHOD_NAMES.items()], value="uce",
+                                              label="Method", elem_id="edit_concept_method")
+                concept_edits = gr.Textbox(value="circle -> square" if tinyworld else "",
+                                           label="Edits: old -> new (comma-separated; 'old ->' erases)",
+                                           elem_id="edit_concept_edits")
+                concept_preserve = gr.Textbox(value="triangle, square, ring, star" if tinyworld else "",
+                                              label="Preserve (concepts that must not change)",
+                                              elem_id="edit_concept_preserve")
+                with gr.Row():
+                    concept_lambda = gr.Number(value=None, label="lambda (blank = method default)",
+                                               elem_id="edit_concept_lambda")
+                    concept_pweight = gr.Slider(0, 2, value=0.3 if tinyworld else 1.0, step=0.05,
+                                                label="Preserve weight", elem_id="edit_concept_pweight")
+                with gr.Row():
+                    concept_apply = gr.Button("Apply to my session's model", variant="primary",
+                                              elem_id="edit_concept_apply")
+                    concept_revert = gr.Button("Revert", elem_id="edit_concept_revert")
+                    concept_save = gr.Button("Save edit", elem_id="edit_concept_save")
+                with gr.Row():
+                    concept_file = gr.File(label="Saved edit (download)", interactive=False,
+                                           elem_id="edit_concept_file")
+                    concept_upload = gr.File(label="Load an edit (.safetensors)", file_types=[".safetensors"],
+                                             elem_id="edit_concept_upload")
+                use_edited = gr.Checkbox(value=True, label="Run the edits above on the concept-edited model "
+                                         "(when one is active)", elem_id="edit_concept_use")
+                concept_compare = gr.Button("Render the Prompt before / after the edit",
+                                            elem_id="edit_concept_compare")
+                concept_gallery = gr.Gallery(label="original · edited model (same seed)", columns=2, height=220,
+                                             elem_id="edit_concept_gallery")
+                concept_status = gr.HTML(status_html("no concept edit: the original model is in use"),
+                                         elem_id="edit_concept_status")
 
     gpu = dict(concurrency_limit=1, concurrency_id="gpu", show_progress="hidden")
     light = dict(concurrency_limit=None, concurrency_id="light", show_progress="hidden")
@@ -219,8 +345,16 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
     if tinyworld:
         scene.click(handlers.scene, inputs=[scene_seed], outputs=[source, editor], **light)
     form = [mode, source, editor, prompt, negative, seed, steps, cfg, sampler, strength, feather, side, pixels]
-    run.click(handlers.run, inputs=[state, *form], outputs=[result, progress, status], **gpu)
+    run.click(handlers.run, inputs=[state, use_edited, *form], outputs=[result, progress, status], **gpu)
     stop.click(handlers.stop, inputs=[state], outputs=[status], **light)
-    p2p_run.click(handlers.prompt_to_prompt, inputs=[prompt, p2p_target, negative, seed, steps, cfg, sampler, cross,
+    p2p_run.click(handlers.prompt_to_prompt, inputs=[state, use_edited, prompt, p2p_target, negative, seed, steps, cfg, sampler, cross,
                                                      self_fraction, reweight_word, reweight_factor, blend],
                   outputs=[p2p_gallery, p2p_status], **gpu)
+    concept_fields = [concept_method, concept_edits, concept_preserve, concept_lambda, concept_pweight]
+    concept_preset.change(handlers.concept_preset, inputs=[concept_preset], outputs=concept_fields, **light)
+    concept_apply.click(handlers.concept_apply, inputs=[state, *concept_fields], outputs=[concept_status], **gpu)
+    concept_revert.click(handlers.concept_revert, inputs=[state], outputs=[concept_status], **light)
+    concept_save.click(handlers.concept_save, inputs=[state], outputs=[concept_file, concept_status], **light)
+    concept_upload.upload(handlers.concept_load, inputs=[state, concept_upload], outputs=[concept_status], **gpu)
+    concept_compare.click(handlers.concept_compare, inputs=[state, prompt, negative, seed, steps, cfg, sampler],
+                          outputs=[concept_gallery, concept_status], **gpu)
