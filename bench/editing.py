@@ -16,6 +16,10 @@ p2p      prompt-to-prompt word swap "a large red circle and a medium <colour> <s
 inversion  drawn scenes (one random object), prompt = their full caption: DDIM inversion with --inversion-steps (50)
          and DDIM reconstruction at CFG 1; PSNR of the reconstruction against the scene.
 
+nulltext drawn scenes as for inversion, reconstructed *with guidance* (--cfg-null, 3.0 = Tiny World's default): from
+         the plain DDIM inversion's x_T without null-text optimisation, and with it (--inner-steps 10). PSNR of
+         each against the scene, and the optimisation's time.
+
 concept  closed-form concept edit "circle -> square" preserving triangle, square, ring, star (the shipped Tiny World
          presets: UCE and Diff-QuickFix). Per seed one random prompt naming a circle (size, colour, position and
          background each said with probability 0.75) and the same prompt with "triangle" and "square". Edited
@@ -136,6 +140,32 @@ def inversion(model, n: int, seed0: int, steps: int) -> dict:
                                                      "min": float(p.min()), "share_at_or_above_25": float((p >= 25).mean())}}
 
 
+def nulltext(model, n: int, seed0: int, steps: int, cfg: float, inner: int) -> dict:
+    from studio.engine import StartLatents
+
+    controller = EditingController(model)
+    plain, fitted, seconds = [], [], []
+
+    def psnr(image, scene) -> float:
+        a, b = np.asarray(image, dtype=np.float64), np.asarray(scene.image, dtype=np.float64)
+        return float(10 * np.log10(255.0 ** 2 / max(float(((a - b) ** 2).mean()), 1e-10)))
+
+    for i in range(n):
+        scene = generate_scene(seed0 + i, SceneSpec(n_objects=1))
+        base = replace(controller.defaults(), prompt=full_caption(scene.background, scene.objects), steps=steps,
+                       seed=0, cfg=cfg, sampler="DDIM")
+        inverted = controller.invert(InversionRequest(base, scene.image))
+        guided = controller.engine.generate(base, start=StartLatents(inverted.latents, 0))
+        plain.append(psnr(guided.images[0], scene))
+        out = controller.invert(InversionRequest(base, scene.image, null_text=True, inner_steps=inner))
+        fitted.append(out.psnr_db)
+        seconds.append(out.timings["null_text"])
+    stats = lambda v: {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}  # noqa: E731
+    return {"scenes": n, "steps": steps, "cfg": cfg, "inner_steps": inner,
+            "psnr_db_guided_without_null_text": stats(plain), "psnr_db_guided_with_null_text": stats(fitted),
+            "null_text_seconds": stats(seconds)}
+
+
 def concept_prompts(n: int, seed0: int) -> list[tuple[dict, str]]:
     """``(attributes, prompt template with {shape})`` per seed."""
     from studio.tinyworld.captions import article
@@ -205,6 +235,8 @@ def main() -> int:
                    help="position words added to the prompt (the mask is the right half); '' for none")
     p.add_argument("--parts", default="inpaint,p2p,inversion")
     p.add_argument("--inversion-steps", type=int, default=50)
+    p.add_argument("--cfg-null", type=float, default=3.0, help="nulltext: the guidance reconstructed with")
+    p.add_argument("--inner-steps", type=int, default=10, help="nulltext: Adam steps per sampling step (at most)")
     p.add_argument("--cross", type=float, default=0.8)
     p.add_argument("--self-fraction", type=float, default=0.4)
     p.add_argument("--no-blend", action="store_true")
@@ -240,6 +272,17 @@ def main() -> int:
         print_table(["scenes", "steps", "PSNR mean / median / min dB", "share >= 25 dB"],
                     [[r["scenes"], r["steps"], f"{r['psnr_db']['mean']:.1f} / {r['psnr_db']['median']:.1f} / "
                       f"{r['psnr_db']['min']:.1f}", r["psnr_db"]["share_at_or_above_25"]]])
+    if "nulltext" in parts:
+        t0 = time.perf_counter()
+        r = results["nulltext"] = nulltext(model, args.n, 90_000, args.inversion_steps, args.cfg_null, args.inner_steps)
+        results["seconds"]["nulltext"] = round(time.perf_counter() - t0, 1)
+        print_table(["scenes", "steps", "CFG", "PSNR guided, no null-text (mean/min)", "with null-text (mean/min)",
+                     "null-text s (mean)"],
+                    [[r["scenes"], r["steps"], r["cfg"],
+                      f"{r['psnr_db_guided_without_null_text']['mean']:.1f} / "
+                      f"{r['psnr_db_guided_without_null_text']['min']:.1f}",
+                      f"{r['psnr_db_guided_with_null_text']['mean']:.1f} / {r['psnr_db_guided_with_null_text']['min']:.1f}",
+                      f"{r['null_text_seconds']['mean']:.1f}"]])
     if "concept" in parts:
         t0 = time.perf_counter()
         r = results["concept"] = concept(model, args.n, 95_000)

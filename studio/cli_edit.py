@@ -21,10 +21,12 @@ modes:
             outside the mask the output is the input's pixels
   outpaint  extend --image by --pixels on --side (left/right/top/bottom) and paint the new area
   invert    DDIM inversion of --image under --prompt (--steps, default 50) and its reconstruction, written to
-            --out; prints the reconstruction's PSNR against the input
+            --out; prints the reconstruction's PSNR against the input. --null-text also optimises the
+            unconditional embedding per step (--inner-steps, default 10) so the reconstruction holds at --cfg
   p2p       prompt-to-prompt: render --prompt and --target on the same noise, the target's attention controlled by
             the source's (--cross, --self fractions of the steps; --reweight word:factor; --no-blend); writes
-            the source to --out and the edit next to it as <out>-edit.png (no --image)
+            the source to --out and the edit next to it as <out>-edit.png. With --image, edits that real image:
+            it is inverted under --prompt first (its caption; DDIM, --steps default 50, --null-text as above)
   concept   closed-form concept edit of the model: --edit "old -> new" (repeatable; "old ->" erases),
             --preserve "a, b" concepts to keep, --method uce|quickfix, --lambda L (regulariser); or --delta FILE to load a
             saved edit, or --preset NAME (a shipped edit, see presets/concepts). --save-delta FILE writes the edit
@@ -50,7 +52,7 @@ def add_edit_parser(sub) -> None:
                        description="Change part of an image and keep the rest.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", choices=["img2img", "inpaint", "outpaint", "invert", "p2p", "concept"])
-    p.add_argument("--image", help="the input image (PNG, JPEG or WebP); not for p2p")
+    p.add_argument("--image", help="the input image (PNG, JPEG or WebP); for p2p a real image to invert and edit")
     p.add_argument("--prompt", help="required except for 'concept' with --save-delta only")
     p.add_argument("--negative", default="")
     p.add_argument("--mask", help="inpaint: the mask image (white or opaque = repaint)")
@@ -65,6 +67,8 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--reweight", action="append", default=[], metavar="WORD:FACTOR",
                    help="p2p: scale the attention on a word of --target (repeatable)")
     p.add_argument("--no-blend", action="store_true", help="p2p: no local blending")
+    p.add_argument("--null-text", action="store_true", help="invert, p2p --image: null-text optimisation")
+    p.add_argument("--inner-steps", type=int, default=10, help="null-text: Adam steps per sampling step (at most)")
     p.add_argument("--edit", dest="edits", action="append", default=[], metavar="OLD->NEW",
                    help="concept: replace OLD by NEW ('OLD ->' erases); repeatable")
     p.add_argument("--preserve", default="", help="concept: comma-separated concepts to keep as they are")
@@ -118,7 +122,7 @@ def cmd_edit(args: argparse.Namespace, ctx: Context) -> int:
         if args.mode != "p2p" and not args.image:
             raise UsageError(f"edit {args.mode} needs --image")
         reweight = tuple(_reweight(r) for r in args.reweight)
-        image = read_image_arg(args.image, "image").convert("RGB") if args.mode != "p2p" else None
+        image = read_image_arg(args.image, "image").convert("RGB") if args.image else None
         mask = read_image_arg(args.mask, "mask") if args.mode == "inpaint" else None
         sampler = check_sampler(args.sampler) if args.sampler else None
 
@@ -145,15 +149,23 @@ def cmd_edit(args: argparse.Namespace, ctx: Context) -> int:
                 outcome = controller.outpaint(OutpaintRequest(base, image, args.side, args.pixels, args.feather))
             elif args.mode == "invert":
                 steps = base.steps if args.steps is not None else 50
-                inverted = controller.invert(InversionRequest(replace(base, steps=steps), image))
-                inverted.reconstruction.save(out)
-                print(json.dumps({"mode": "invert", "path": str(out), "steps": steps,
-                                  "psnr_db": round(inverted.psnr_db, 3)}) if args.json else
-                      f"{out}\nreconstruction PSNR {inverted.psnr_db:.2f} dB ({steps} DDIM steps)", file=ctx.stdout)
+                inverted = controller.invert(InversionRequest(replace(base, steps=steps), image, args.null_text,
+                                                              args.inner_steps), save=True)
+                how = f"{steps} DDIM steps" + (f", null-text at CFG {inverted.request.cfg:g}" if args.null_text else
+                                               ", CFG 1")
+                print(json.dumps({"mode": "invert", "path": str(out), "steps": steps, "null_text": args.null_text,
+                                  "cfg": inverted.request.cfg, "psnr_db": round(inverted.psnr_db, 3),
+                                  "timings": _rounded(dict(inverted.timings))}) if args.json else
+                      f"{out}\nreconstruction PSNR {inverted.psnr_db:.2f} dB ({how})", file=ctx.stdout)
                 return 0
             else:
+                inverted = None
+                if image is not None:  # a real image: invert it (not saved), then edit
+                    steps = base.steps if args.steps is not None else 50
+                    inverted = controller.invert(InversionRequest(replace(base, steps=steps), image, args.null_text,
+                                                                  args.inner_steps))
                 outcome = controller.prompt_to_prompt(PromptToPromptRequest(
-                    base, args.target, args.cross, args.self_fraction, reweight, not args.no_blend))
+                    base, args.target, args.cross, args.self_fraction, reweight, not args.no_blend, inverted))
         except InvalidRequest as e:
             raise UsageError(f"{e} (model {args.model})") from None
         except (OutputsError, OSError) as e:

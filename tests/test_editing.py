@@ -299,3 +299,78 @@ def test_cli_invert_prints_the_psnr(tiny_model, tmp_path):
     assert code == 0, err
     report = json.loads(out)
     assert report["steps"] == 3 and (tmp_path / "recon.png").is_file() and "psnr_db" in report
+
+
+# ----------------------------------------------------------------------------- null-text inversion, p2p on real images
+
+
+def test_null_text_optimisation_touches_only_the_embeddings(tiny_model):
+    from studio.editing.inversion import NullTextEmbeddings, ddim_invert, null_text_optimize
+
+    params = dict(tiny_model.unet.named_parameters())
+    before = {k: v.detach().clone() for k, v in params.items()}
+    controller = EditingController(tiny_model)
+    _, x0, _ = controller._prepare(BASE, source_image())
+    path = ddim_invert(tiny_model, x0, BASE.prompt, 3, trajectory=True)
+    assert len(path) == 4 and torch.equal(path[-1], x0.to(path[-1].dtype))
+    seen = []
+    learned = null_text_optimize(tiny_model, path, BASE.prompt, "", 3, 5.0, inner_steps=2,
+                                 on_progress=lambda i, n: seen.append((i, n)))
+    assert learned.shape[0] == 3 and seen == [(1, 3), (2, 3), (3, 3)]
+    assert all(p.grad is None and torch.equal(p, before[k]) for k, p in params.items())
+    edit = NullTextEmbeddings(learned)
+    embeds = torch.zeros(2, *learned.shape[1:])
+    assert torch.equal(edit.apply(1, 3, embeds, "cond"), embeds)
+    assert torch.equal(edit.apply(1, 3, embeds, "uncond")[1], learned[1])
+    with pytest.raises(ValueError, match="optimised for 3 steps"):
+        edit.apply(0, 4, embeds, "uncond")
+
+
+def test_null_text_inversion_and_prompt_to_prompt_on_the_real_image(tiny_model):
+    from studio.controllers.edit import InversionRequest
+
+    controller = EditingController(tiny_model)
+    with pytest.raises(InvalidRequest, match="CFG above 1"):
+        controller.invert(InversionRequest(replace(BASE, cfg=1.0), source_image(), null_text=True))
+    inverted = controller.invert(InversionRequest(replace(BASE, steps=3), source_image(), null_text=True,
+                                                  inner_steps=2))
+    assert inverted.request.cfg == 5.0 and inverted.null_embeddings.shape[0] == 3
+    out = controller.prompt_to_prompt(PromptToPromptRequest(replace(BASE, prompt="ignored"), "a red circle",
+                                                            inverted=inverted), save=False)
+    assert out.request.prompt == BASE.prompt and out.request.sampler == "DDIM"
+    a = np.asarray(out.source, dtype=np.float64)
+    b = np.asarray(inverted.reconstruction, dtype=np.float64)
+    assert 10 * np.log10(255 ** 2 / max(((a - b) ** 2).mean(), 1e-10)) > 35  # the source is the reconstruction
+
+
+def test_null_text_holds_a_guided_reconstruction_on_tinyworld(tiny_models):
+    from studio.controllers.edit import InversionRequest
+    from studio.engine import StartLatents
+    from studio.tinyworld.captions import full_caption
+    from studio.tinyworld.scenes import SceneSpec, generate_scene
+
+    controller = EditingController(tiny_models("tinyworld"))
+    scene = generate_scene(90_002, SceneSpec(n_objects=1))
+    base = replace(controller.defaults(), prompt=full_caption(scene.background, scene.objects), steps=10, cfg=3.0,
+                   seed=0)
+    fitted = controller.invert(InversionRequest(base, scene.image, null_text=True, inner_steps=5))
+    plain = controller.invert(InversionRequest(base, scene.image))
+    guided = controller.engine.generate(replace(base, sampler="DDIM"), start=StartLatents(plain.latents, 0))
+    a, b = np.asarray(guided.images[0], dtype=np.float64), np.asarray(scene.image, dtype=np.float64)
+    without = 10 * np.log10(255 ** 2 / ((a - b) ** 2).mean())
+    assert fitted.psnr_db > without + 1, (fitted.psnr_db, without)  # Tiny World drifts little at CFG 3
+
+
+def test_cli_null_text_invert_and_p2p_on_an_image(tiny_model, tmp_path):
+    source_image().save(tmp_path / "in.png")
+    code, out, err = run_cli(tiny_model, "invert", "--image", tmp_path / "in.png", "--prompt", "a red square",
+                             "--steps", 2, "--null-text", "--inner-steps", 2, "--out", tmp_path / "recon.png",
+                             "--json")
+    assert code == 0, err
+    assert json.loads(out)["null_text"] is True
+    assert read_image_settings(tmp_path / "recon.png").controls["editing"]["mode"] == "inversion"
+    code, out, err = run_cli(tiny_model, "p2p", "--image", tmp_path / "in.png", "--prompt", "a red square",
+                             "--target", "a blue square", "--steps", 2, "--out", tmp_path / "real.png", "--json")
+    assert code == 0, err
+    edited = read_image_settings(tmp_path / "real-edit.png").controls["editing"]
+    assert edited["inverted"]["null_text"] is False and edited["target"] == "a blue square"

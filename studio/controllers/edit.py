@@ -35,7 +35,7 @@ from studio.engine import CancelToken, Engine, GenerationRequest, InvalidRequest
 from studio.editing.concepts import (
     ConceptDelta, ConceptEditSpec, compute_delta, concept_presets_for, edited_copy, load_delta, save_delta,
 )
-from studio.editing.inversion import ddim_invert
+from studio.editing.inversion import NullTextEmbeddings, ddim_invert, null_text_optimize
 from studio.editing.p2p import prompt_to_prompt_hooks
 from studio.engine.validate import size_rule
 from studio.errors import check_text_item
@@ -81,10 +81,41 @@ class OutpaintRequest:
 
 
 @dataclass(frozen=True)
+class InversionRequest:
+    """Invert ``image`` under ``base.prompt`` (DDIM, ``base.steps`` steps, no guidance) and reconstruct it.
+    ``null_text`` also optimises one unconditional embedding per step (``inner_steps`` Adam steps at most) so that
+    sampling *with* guidance (``base.cfg`` > 1) reconstructs it: the starting point for guided edits."""
+
+    base: GenerationRequest
+    image: Image.Image
+    null_text: bool = False
+    inner_steps: int = 10
+
+
+@dataclass(frozen=True)
+class InversionOutcome:
+    latents: torch.Tensor  # x_T: start a DDIM run of the same steps here (StartLatents(latents, 0))
+    reconstruction: Image.Image
+    psnr_db: float  # reconstruction against the input
+    request: GenerationRequest  # the reconstruction's request (DDIM; CFG 1, or the guidance null-text was fitted to)
+    null_embeddings: torch.Tensor | None = None  # (steps, tokens, dim) with null-text optimisation
+    saved: tuple = ()
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def hooks(self) -> RunHooks:
+        """What a run from :attr:`latents` needs to follow the inversion (the null-text embeddings, if any)."""
+        edits = [NullTextEmbeddings(self.null_embeddings)] if self.null_embeddings is not None else []
+        return RunHooks(embedding_edits=edits)
+
+
+@dataclass(frozen=True)
 class PromptToPromptRequest:
     """Render ``base.prompt`` and its edit ``target`` on the same noise with prompt-to-prompt attention control.
     ``reweight`` scales the attention on words of ``target``; ``local_blend`` keeps everything but the edited words'
-    region equal to the source (the words that differ between the prompts, or the reweighted ones)."""
+    region equal to the source (the words that differ between the prompts, or the reweighted ones).
+
+    ``inverted`` edits a real image instead: the source is the inversion's reconstruction (its prompt, steps, CFG,
+    size and DDIM sampler replace ``base``'s; with null-text embeddings when the inversion optimised them)."""
 
     base: GenerationRequest
     target: str
@@ -92,6 +123,7 @@ class PromptToPromptRequest:
     self_fraction: float = 0.4
     reweight: tuple[tuple[str, float], ...] = ()
     local_blend: bool = True
+    inverted: InversionOutcome | None = None
 
 
 @dataclass(frozen=True)
@@ -101,23 +133,6 @@ class PromptToPromptOutcome:
     request: GenerationRequest  # the source render as run
     blend_words: tuple[tuple[str, ...], tuple[str, ...]]
     saved: tuple = ()
-    timings: Mapping[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class InversionRequest:
-    """Invert ``image`` under ``base.prompt`` (DDIM, ``base.steps`` steps, no guidance) and reconstruct it."""
-
-    base: GenerationRequest
-    image: Image.Image
-
-
-@dataclass(frozen=True)
-class InversionOutcome:
-    latents: torch.Tensor  # x_T: start a DDIM run of the same steps here (StartLatents(latents, 0))
-    reconstruction: Image.Image
-    psnr_db: float  # reconstruction against the input
-    request: GenerationRequest  # the reconstruction's request (DDIM, CFG 1)
     timings: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -213,6 +228,11 @@ class EditingController:
             raise InvalidRequest(f"expected a GenerationRequest, got {type(base).__name__}")
         check_text_item(request, PromptToPromptRequest, "prompt-to-prompt", "target", text="target",
                         empty="write the edited prompt")
+        inverted = request.inverted
+        if inverted is not None and not isinstance(inverted, InversionOutcome):
+            raise InvalidRequest("inverted must be the outcome of an inversion", "inverted")
+        if inverted is not None:
+            base = replace(inverted.request, batch_size=2, shared_seed=True)
         base = self.generator.prepare(replace(base, batch_size=2, shared_seed=True))
         source_words, target_words = _words(base.prompt), _words(request.target)
         blend = ((), ())
@@ -231,32 +251,57 @@ class EditingController:
                                 "self_fraction": float(request.self_fraction),
                                 "reweight": [[w, float(f)] for w, f in request.reweight],
                                 "local_blend": [list(blend[0]), list(blend[1])]}}
+        start = None
+        if inverted is not None:  # a real image: start both from its inversion, follow its null-text embeddings
+            start = StartLatents(inverted.latents.expand(2, -1, -1, -1).clone(), 0)
+            hooks.embedding_edits.extend(inverted.hooks().embedding_edits)
+            controls["editing"]["inverted"] = {"null_text": inverted.null_embeddings is not None,
+                                               "reconstruction_psnr_db": round(inverted.psnr_db, 3)}
         # 3. one batched run of two on the same noise
         t0 = time.perf_counter()
         runner = self.generator if save else self.generator.with_store(None)
         outcome = runner.run(base, cancel=cancel, on_progress=on_progress, controls=controls, workbench=WORKBENCH,
-                             hooks=hooks)
+                             hooks=hooks, start=start)
         return PromptToPromptOutcome(source=outcome.images[0], edited=outcome.images[1],
                                      request=replace(outcome.request, batch_size=1, shared_seed=False),
                                      blend_words=blend, saved=outcome.saved,
                                      timings={**outcome.timings, "total": time.perf_counter() - t0})
 
-    def invert(self, request: InversionRequest, *, cancel: CancelToken | None = None) -> InversionOutcome:
-        # 1. validate; the reconstruction is DDIM without guidance, as the inversion assumes
-        base, x0, _ = self._prepare(replace(request.base, sampler="DDIM", cfg=1.0), request.image)
-        # 2. invert, then sample back from x_T
+    def invert(self, request: InversionRequest, *, save: bool = False, cancel: CancelToken | None = None,
+               on_progress: ProgressCallback | None = None) -> InversionOutcome:
+        # 1. validate; the reconstruction is DDIM, unguided unless null-text embeddings are fitted to base.cfg
+        guided = bool(request.null_text)
+        if guided and not (request.base.cfg > 1.0):
+            raise InvalidRequest(f"null-text optimisation fits a guided reconstruction; set CFG above 1 (got "
+                                 f"{request.base.cfg})", "cfg")
+        if guided and not (isinstance(request.inner_steps, int) and 1 <= request.inner_steps <= 100):
+            raise InvalidRequest(f"inner steps must be an int in 1..100, got {request.inner_steps!r}", "inner_steps")
+        base, x0, _ = self._prepare(replace(request.base, sampler="DDIM",
+                                            cfg=request.base.cfg if guided else 1.0), request.image)
+        # 2. invert (and fit the null text), then sample back from x_T
         t0 = time.perf_counter()
-        x_t = ddim_invert(self.model, x0, base.prompt, base.steps, cancel=cancel)
+        path = ddim_invert(self.model, x0, base.prompt, base.steps, cancel=cancel, trajectory=True)
         t_invert = time.perf_counter() - t0
-        result = self.engine.generate(base, cancel=cancel, start=StartLatents(x_t, 0))
+        null = None
+        if guided:
+            null = null_text_optimize(self.model, path, base.prompt, base.negative_prompt, base.steps, base.cfg,
+                                      inner_steps=request.inner_steps, cancel=cancel, on_progress=on_progress)
+        t_null = time.perf_counter() - t0 - t_invert
+        outcome = InversionOutcome(latents=path[0].cpu(), reconstruction=request.image, psnr_db=0.0, request=base,
+                                   null_embeddings=null)
+        runner = self.generator if save else self.generator.with_store(None)
+        controls = {"editing": {"mode": "inversion", "null_text": guided, "inner_steps": request.inner_steps if guided
+                                else None}}
+        result = runner.run(base, cancel=cancel, start=StartLatents(path[0], 0), hooks=outcome.hooks(),
+                            controls=controls, workbench=WORKBENCH)
         image = result.images[0]
         a = np.asarray(image.convert("RGB"), dtype=np.float64)
         b = np.asarray(request.image.convert("RGB"), dtype=np.float64)
         mse = float(((a - b) ** 2).mean())
         psnr = 10 * math.log10(255.0 ** 2 / max(mse, 1e-10))
-        return InversionOutcome(latents=x_t.cpu(), reconstruction=image, psnr_db=psnr, request=base,
-                                timings={"invert": t_invert, "reconstruct": result.timings["total"],
-                                         "total": time.perf_counter() - t0})
+        return replace(outcome, reconstruction=image, psnr_db=psnr, saved=result.saved,
+                       timings={"invert": t_invert, "null_text": t_null, "reconstruct": result.timings["total"],
+                                "total": time.perf_counter() - t0})
 
     # ---- concept edits of the model
 
