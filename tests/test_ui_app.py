@@ -49,7 +49,7 @@ def test_model_bound_events_share_one_queue_of_one(demo):
     assert all(fn.concurrency_limit == 1 for fn in gpu)
     assert {fn.name for fn in gpu} == {"generate", "render", "render_draft", "sweep", "save", "compose", "blend",
                                        "run", "show_step", "branch", "classify", "information", "prompt_to_prompt",
-                                       "concept_apply", "concept_load", "concept_compare"}
+                                       "concept_apply", "concept_load", "concept_compare", "invert"}
     for fn in demo.fns.values():  # everything else is light and never waits behind a run
         if fn.concurrency_id == "learn":  # direction learning takes the model's lock one step at a time
             assert fn.name == "learn"

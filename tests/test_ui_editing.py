@@ -66,3 +66,20 @@ def test_prompt_to_prompt_from_the_tab(handlers):
     _, status = handlers.prompt_to_prompt(EditingSession(), True, "a blue square", "a red square", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4,
                                           "hexagon", 2.0, True)
     assert "does not occur" in status
+
+
+def test_invert_then_prompt_to_prompt_on_the_real_image(handlers):
+    session = EditingSession()
+    image = Image.new("RGB", (64, 64), (20, 20, 20))
+    _, status = handlers.prompt_to_prompt(session, True, "a blue square", "a green square", "", 2, 3, 5.0, "DDIM",
+                                          0.8, 0.4, "", 1.0, True, True)
+    assert "invert the input image first" in status
+    frames = list(handlers.invert(session, True, image, "a blue square", "", 2, 3, 5.0, True, 2))
+    reconstruction, status = frames[-1][0], frames[-1][2]
+    assert reconstruction.size == (64, 64) and "reconstruction PSNR" in status and "null-text at CFG 5" in status
+    assert session.inverted is not None and session.inverted.null_embeddings.shape[0] == 3
+    gallery, status = handlers.prompt_to_prompt(session, True, "ignored", "a green square", "", 2, 3, 5.0, "DDIM",
+                                                0.8, 0.4, "", 1.0, True, True)
+    assert [c for _, c in gallery] == ["source", "edited"] and "prompt-to-prompt done" in status
+    assert "upload an input image" in list(handlers.invert(EditingSession(), True, None, "x", "", 2, 3, 5.0, False,
+                                                           2))[-1][2]

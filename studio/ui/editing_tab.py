@@ -19,7 +19,8 @@ import gradio as gr
 
 from studio.attributes.definitions import model_kind
 from studio.controllers.edit import (
-    EditedModel, EditingController, Img2ImgRequest, InpaintRequest, OutpaintRequest, PromptToPromptRequest,
+    EditedModel, EditingController, Img2ImgRequest, InpaintRequest, InversionOutcome, InversionRequest,
+    OutpaintRequest, PromptToPromptRequest,
 )
 from studio.editing.concepts import METHOD_NAMES, ConceptEditSpec, parse_concepts, parse_edits
 from studio.editing import SIDES
@@ -38,6 +39,7 @@ class EditingSession(RunSession):
     """One browser session's run state and its concept-edited model copy (never shared between sessions)."""
 
     edited: EditedModel | None = None
+    inverted: InversionOutcome | None = None  # the input image's last inversion (for prompt-to-prompt on it)
 
 
 def enlarged(image: Image.Image) -> Image.Image:
@@ -148,10 +150,49 @@ class EditingHandlers:
                status_html(f"{type(request).__name__.removesuffix('Request').lower()} done{on} "
                            f"({out.request.width}x{out.request.height}, seed {out.request.seed}){saved}", "ok"))
 
-    def prompt_to_prompt(self, session, use_edited, prompt, target, negative, seed, steps, cfg, sampler, cross, self_fraction,
-                         reweight_word, reweight_factor, blend):
-        """(before/after gallery, status) of a prompt-to-prompt edit."""
+    def invert(self, session: EditingSession, use_edited, image, prompt, negative, seed, steps, cfg, null_text,
+               inner_steps):
+        """Generator: yields (reconstruction, progress, status); keeps the inversion in the session."""
+        session = session if session is not None else EditingSession()
         try:
+            if image is None:
+                raise ValueError("upload an input image to invert first")
+            limits = FormLimits.for_model(self.controller.model, self.defaults)
+            base = limits.fixed_seed_request(self.defaults, why="an inversion can be repeated", seed=seed,
+                                             steps=steps, cfg=cfg, prompt=prompt, negative_prompt=negative)
+            request = InversionRequest(base, image.convert("RGB"), bool(null_text), int(inner_steps))
+        except USER_ERRORS as e:
+            yield gr.skip(), gr.skip(), status_html(user_message(e), "error")
+            return
+        controller = self.controller_for(session, use_edited)
+
+        def work(token, emit):
+            return controller.invert(request, cancel=token, on_progress=lambda step, total: emit((step, total)))
+
+        try:
+            for kind, value in stream_run(session, work, "studio-invert"):
+                if kind == "events":
+                    yield gr.skip(), progress_html(value[-1][0], value[-1][1], "null-text"), gr.skip()
+        except Busy as e:
+            yield gr.skip(), gr.skip(), status_html(str(e), "warning")
+            return
+        if kind == "error":
+            label, message, level = run_error(value, "inversion")
+            yield gr.skip(), progress_html(0, 1, label), status_html(message, level)
+            return
+        session.inverted = value
+        how = f"null-text at CFG {value.request.cfg:g}" if null_text else "CFG 1"
+        yield (value.reconstruction, progress_html(1, 1, f"{value.timings['total']:.1f} s"),
+               status_html(f"reconstruction PSNR {value.psnr_db:.2f} dB ({value.request.steps} DDIM steps, {how}); "
+                           "prompt-to-prompt can now edit this image", "ok"))
+
+    def prompt_to_prompt(self, session, use_edited, prompt, target, negative, seed, steps, cfg, sampler, cross,
+                         self_fraction, reweight_word, reweight_factor, blend, on_inverted=False):
+        """(before/after gallery, status) of a prompt-to-prompt edit (of the inverted input image when asked)."""
+        try:
+            inverted = session.inverted if session is not None and on_inverted else None
+            if on_inverted and inverted is None:
+                raise ValueError("invert the input image first (Invert, under 'Invert a real image')")
             limits = FormLimits.for_model(self.controller.model, self.defaults)
             base = limits.fixed_seed_request(self.defaults, why="source and edit share the noise", seed=seed,
                                              steps=steps, cfg=cfg, prompt=prompt, negative_prompt=negative)
@@ -159,7 +200,7 @@ class EditingHandlers:
             word = str(reweight_word or "").strip()
             reweight = ((word, float(reweight_factor)),) if word and float(reweight_factor) != 1.0 else ()
             out = self.controller_for(session, use_edited).prompt_to_prompt(PromptToPromptRequest(
-                base, str(target or ""), float(cross), float(self_fraction), reweight, bool(blend)))
+                base, str(target or ""), float(cross), float(self_fraction), reweight, bool(blend), inverted))
         except USER_ERRORS as e:
             return gr.skip(), status_html(user_message(e), "error")
         blend_note = f"; local blend on {', '.join(out.blend_words[1]) or '-'}" if blend else ""
@@ -283,6 +324,19 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
         with gr.Column(scale=5):
             result = gr.Image(label="Result (live preview while it runs)", type="pil", format="png",
                               interactive=False, height=300, elem_id="edit_result")
+            with gr.Accordion("Invert a real image (reconstruct it, then edit it with prompt-to-prompt)", open=False):
+                gr.Markdown("DDIM inversion of the **Input image** under the **Prompt** (describe the image), with "
+                            "the Steps above. Null-text optimisation makes the reconstruction hold at the CFG scale "
+                            "above, so edits keep full guidance (slower: a few Adam steps per sampling step).")
+                with gr.Row():
+                    null_text = gr.Checkbox(value=False, label="Null-text optimisation", elem_id="edit_inv_null")
+                    inner_steps = gr.Slider(1, 30, value=10, step=1, label="Inner steps (null-text)",
+                                            elem_id="edit_inv_inner")
+                invert_run = gr.Button("Invert", elem_id="edit_inv_run")
+                invert_image = gr.Image(label="Reconstruction", type="pil", format="png", interactive=False,
+                                        height=200, elem_id="edit_inv_image")
+                invert_progress = gr.HTML(progress_html(0, 1, "idle"), elem_id="edit_inv_progress")
+                invert_status = gr.HTML(elem_id="edit_inv_status")
             with gr.Accordion("Prompt-to-prompt: edit a generated image by editing its prompt", open=False):
                 p2p_target = gr.Textbox(value="a large red square on a black background" if tinyworld else "",
                                         label="Edited prompt (the Prompt above is the source)",
@@ -298,6 +352,8 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
                     reweight_factor = gr.Slider(-5, 10, value=1.0, step=0.5, label="factor",
                                                 elem_id="edit_p2p_factor")
                     blend = gr.Checkbox(value=True, label="Local blend (keep the rest)", elem_id="edit_p2p_blend")
+                on_inverted = gr.Checkbox(value=False, label="Edit the inverted input image (invert it first)",
+                                          elem_id="edit_p2p_inverted")
                 p2p_run = gr.Button("Render source and edit", elem_id="edit_p2p_run")
                 p2p_gallery = gr.Gallery(label="before · after (same noise)", columns=2, height=220,
                                          elem_id="edit_p2p_gallery")
@@ -347,9 +403,13 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
     form = [mode, source, editor, prompt, negative, seed, steps, cfg, sampler, strength, feather, side, pixels]
     run.click(handlers.run, inputs=[state, use_edited, *form], outputs=[result, progress, status], **gpu)
     stop.click(handlers.stop, inputs=[state], outputs=[status], **light)
-    p2p_run.click(handlers.prompt_to_prompt, inputs=[state, use_edited, prompt, p2p_target, negative, seed, steps, cfg, sampler, cross,
-                                                     self_fraction, reweight_word, reweight_factor, blend],
+    p2p_run.click(handlers.prompt_to_prompt, inputs=[state, use_edited, prompt, p2p_target, negative, seed, steps,
+                                                     cfg, sampler, cross, self_fraction, reweight_word,
+                                                     reweight_factor, blend, on_inverted],
                   outputs=[p2p_gallery, p2p_status], **gpu)
+    invert_run.click(handlers.invert, inputs=[state, use_edited, source, prompt, negative, seed, steps, cfg,
+                                              null_text, inner_steps],
+                     outputs=[invert_image, invert_progress, invert_status], **gpu)
     concept_fields = [concept_method, concept_edits, concept_preserve, concept_lambda, concept_pweight]
     concept_preset.change(handlers.concept_preset, inputs=[concept_preset], outputs=concept_fields, **light)
     concept_apply.click(handlers.concept_apply, inputs=[state, *concept_fields], outputs=[concept_status], **gpu)
