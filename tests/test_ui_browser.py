@@ -452,3 +452,35 @@ def test_inpainting_in_the_browser(studio, browser):
         assert read_image_settings(saved).controls["editing"]["mode"] == "inpaint"
     finally:
         context.close()
+
+
+def test_concept_edit_in_the_browser_is_this_session_only(studio, browser):
+    """Apply "circle -> square" in one browser session and render before/after; a second session at the same time
+    still has the original model; Revert returns the first to it."""
+    url, _ = studio
+    mine, page = open_studio(browser, url)
+    theirs, other = open_studio(browser, url)
+    try:
+        for p in (page, other):
+            p.get_by_role("tab", name="Editing").click()
+            p.get_by_text("Concept edits of the model").click()
+            p.wait_for_selector("#edit_concept_apply", state="visible")
+        page.click("#edit_concept_apply")
+        wait_until(lambda: "applied" in page.inner_text("#edit_concept_status"), RUN_TIMEOUT, "the concept edit")
+        assert "circle → square" in page.inner_text("#edit_concept_status")
+        page.fill("#edit_prompt textarea", "a large red circle on a black background")
+        set_number(page, "edit_steps", 10)
+        page.click("#edit_concept_compare")
+        wait_until(lambda: "rendered before/after" in page.inner_text("#edit_concept_status"), RUN_TIMEOUT,
+                   "the before/after render")
+        assert page.locator("#edit_concept_gallery img").count() >= 2
+        screenshot_if_asked(page, "concept-edit")
+        other.click("#edit_concept_compare")
+        wait_until(lambda: "apply or load a concept edit first" in other.inner_text("#edit_concept_status"), 30,
+                   "the other session's refusal")
+        page.click("#edit_concept_revert")
+        wait_until(lambda: "reverted" in page.inner_text("#edit_concept_status"), 30, "the revert")
+        assert "Traceback" not in page.inner_text("body") + other.inner_text("body")
+    finally:
+        mine.close()
+        theirs.close()

@@ -22,7 +22,7 @@ from studio.controllers.edit import (
     EditedModel, EditingController, Img2ImgRequest, InpaintRequest, InversionOutcome, InversionRequest,
     OutpaintRequest, PromptToPromptRequest,
 )
-from studio.editing.concepts import METHOD_NAMES, ConceptEditSpec, parse_concepts, parse_edits
+from studio.editing.concepts import DEFAULT_STRENGTH, METHOD_NAMES, ConceptEditSpec, parse_concepts, parse_edits
 from studio.editing import SIDES
 from studio.engine import SAMPLERS
 
@@ -372,7 +372,8 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
                                               label="Preserve (concepts that must not change)",
                                               elem_id="edit_concept_preserve")
                 with gr.Row():
-                    concept_lambda = gr.Number(value=None, label="lambda (blank = method default)",
+                    concept_lambda = gr.Number(value=DEFAULT_STRENGTH["uce"],
+                                               label="lambda (regulariser: larger keeps the model closer)",
                                                elem_id="edit_concept_lambda")
                     concept_pweight = gr.Slider(0, 2, value=0.3 if tinyworld else 1.0, step=0.05,
                                                 label="Preserve weight", elem_id="edit_concept_pweight")
@@ -412,6 +413,8 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
                      outputs=[invert_image, invert_progress, invert_status], **gpu)
     concept_fields = [concept_method, concept_edits, concept_preserve, concept_lambda, concept_pweight]
     concept_preset.change(handlers.concept_preset, inputs=[concept_preset], outputs=concept_fields, **light)
+    concept_method.input(lambda method: DEFAULT_STRENGTH.get(method, gr.skip()), inputs=[concept_method],
+                         outputs=[concept_lambda], **light)
     concept_apply.click(handlers.concept_apply, inputs=[state, *concept_fields], outputs=[concept_status], **gpu)
     concept_revert.click(handlers.concept_revert, inputs=[state], outputs=[concept_status], **light)
     concept_save.click(handlers.concept_save, inputs=[state], outputs=[concept_file, concept_status], **light)
