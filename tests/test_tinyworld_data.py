@@ -176,6 +176,26 @@ def test_analyzer_on_larger_images_and_noise():
     assert a.background == s.background and len(a.objects) == len(s.objects)
 
 
+def test_analyzer_shapes_survive_soft_edges():
+    """Model outputs have soft edges and a faint halo; a blurred square must still be a square (not the circle its
+    halo-enlarged bounding box would suggest), and blurred circles and triangles keep their shapes."""
+    from PIL import ImageFilter
+
+    from studio.tinyworld.scenes import SceneObject, scene_from_objects
+
+    wrong = []
+    for i, shape in enumerate(("square", "circle", "triangle") * 8):
+        size = ("small", "medium", "large", "huge")[i % 4]
+        r = {"small": 8.0, "medium": 11.0, "large": 15.0, "huge": 19.0}[size]
+        scene = scene_from_objects(("black", "gray", "white")[i % 3],
+                                   [SceneObject(shape, "blue" if i % 2 else "red", size, r, 32.0, 32.0)])
+        for blur in (0.7, 1.0):
+            (o,) = analyze(scene.image.filter(ImageFilter.GaussianBlur(blur))).objects
+            if o.shape != shape:
+                wrong.append((shape, size, blur, o.shape))
+    assert not wrong
+
+
 def test_analyzer_flags_unknown_blobs_and_rejects_small_images():
     from PIL import Image, ImageDraw
 

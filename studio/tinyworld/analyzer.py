@@ -108,14 +108,23 @@ def _fit_geometry(shape: str, x0: float, x1: float, y0: float, y1: float) -> tup
     return (x0 + x1) / 2, (y0 + y1) / 2, max(w, h) / 2
 
 
+# Template radii tried per shape, relative to the bounding-box fit. The box is measured down to 2% coverage, so a
+# model's soft edge (a faint halo) makes it larger than the solid shape; a slightly rounded square then matches an
+# inscribed circle better than a full-box square. Trying a slightly smaller template too keeps the decision on the
+# shape, not the halo (the measured radius is still the bounding box's, as specified).
+TEMPLATE_SCALES = (1.0, 0.95, 0.9)
+
+
 def _classify(coverage: np.ndarray, x0, x1, y0, y1) -> tuple[str, float, tuple[float, float, float]]:
     best = ("unknown", 0.0, _fit_geometry("circle", x0, x1, y0, y1))
     for shape in ALL_SHAPES:
         cx, cy, r = _fit_geometry(shape, x0, x1, y0, y1)
-        tmpl = _template(shape, cx, cy, r)
-        iou = float(np.minimum(tmpl, coverage).sum() / max(np.maximum(tmpl, coverage).sum(), 1e-6))
-        if iou > best[1]:
-            best = (shape, iou, (cx, cy, r))
+        # the star's fit is anchored at its top point, so a smaller star would not be centred the same way
+        for scale in TEMPLATE_SCALES if shape != "star" else (1.0,):
+            tmpl = _template(shape, cx, cy, r * scale)
+            iou = float(np.minimum(tmpl, coverage).sum() / max(np.maximum(tmpl, coverage).sum(), 1e-6))
+            if iou > best[1]:
+                best = (shape, iou, (cx, cy, r))
     if best[1] < MIN_TEMPLATE_IOU:
         return "unknown", best[1], best[2]
     return best
