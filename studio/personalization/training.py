@@ -1,0 +1,287 @@
+"""Learning a concept's vectors from a few images with the model's own denoising loss.
+
+Textual inversion (Gal et al. 2022): one new token's input embedding is optimised so that, with captions naming
+it, the frozen model denoises the images well. Per-stage inversion (ProSpect, Zhang et al. 2023): ten vectors, the
+one used for a training sample chosen by the stage of its sampled timestep.
+
+Captions: on Tiny World the analyzer reads every training image's size, colour, place and background, so the
+captions say them ("a large red <ring> at the top left on a black background", each attribute kept with
+probability 0.75 per step, as Tiny World was trained) and the token learns the *shape* only, leaving colour, size
+and place to the prompt. Other models use prompt templates ("a photo of a <token>").
+
+Only the new vectors get gradients (``torch.autograd.grad`` with respect to them): nothing accumulates on the
+shared model. Training checkpoints every ``checkpoint_every`` steps (atomically) and resumes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from studio.composition.stages import NUM_STAGES, stage_of_timestep
+from studio.engine import Cancelled, CancelToken, Engine, GenerationRequest, InvalidRequest, RunHooks, make_scheduler
+
+from .tokens import LearnedConcept, check_token, personalized_copy, token_id
+
+MIN_IMAGES, MAX_IMAGES = 3, 20
+TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a close-up photo of a {}", "a {}",
+             "a good photo of a {}", "a rendering of a {}", "a cropped photo of a {}")
+KEEP_PROBABILITY = 0.75
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """How to learn ``token``: ``method`` is ``textual-inversion`` or ``prospect``; ``init_word`` starts the
+    vectors (a word of the model); ``preview_every`` steps a preview of ``preview_prompt`` (default ``"a <token>"``)
+    is rendered; the run checkpoints every ``checkpoint_every`` steps."""
+
+    token: str
+    init_word: str
+    method: str = "textual-inversion"
+    steps: int = 500
+    learning_rate: float = 5e-3
+    batch_size: int = 8
+    seed: int = 0
+    preview_every: int = 100
+    preview_prompt: str = ""
+    checkpoint_every: int = 50
+
+    def check(self) -> None:
+        check_token(self.token)
+        if self.method not in ("textual-inversion", "prospect"):
+            raise InvalidRequest(f"method must be textual-inversion or prospect, got {self.method!r}", "method")
+        if not isinstance(self.init_word, str) or not self.init_word.strip():
+            raise InvalidRequest("give an initializer word (a word the model knows, e.g. 'circle')", "init_word")
+        checks = (("steps", self.steps, 1, 100_000), ("batch_size", self.batch_size, 1, 64),
+                  ("preview_every", self.preview_every, 0, 100_000), ("checkpoint_every", self.checkpoint_every, 1,
+                                                                      100_000))
+        for name, value, lo, hi in checks:
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise InvalidRequest(f"{name} must be a whole number in {lo}..{hi}, got {value!r}", name)
+        if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate <= 1):
+            raise InvalidRequest(f"learning rate must be in (0, 1], got {self.learning_rate!r}", "learning_rate")
+
+
+@dataclass
+class TrainingResult:
+    concept: LearnedConcept
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    resumed_from: int = 0
+    previews: list[tuple[int, Image.Image]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- images and captions
+
+
+def prepare_images(model, images) -> list[Image.Image]:
+    """RGB images at the model's default size (centre-cropped to a square, then resized)."""
+    if not isinstance(images, (list, tuple)) or not MIN_IMAGES <= len(images) <= MAX_IMAGES:
+        n = len(images) if isinstance(images, (list, tuple)) else 0
+        raise InvalidRequest(f"give {MIN_IMAGES} to {MAX_IMAGES} images of the concept, got {n}", "images")
+    size = int(model.default_size)
+    out = []
+    for i, image in enumerate(images):
+        if not isinstance(image, Image.Image):
+            raise InvalidRequest(f"image {i + 1} is not an image (PNG, JPEG or WebP)", "images")
+        image = image.convert("RGB")
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        out.append(image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS))
+    return out
+
+
+def image_attributes(model, images: list[Image.Image]) -> list[dict] | None:
+    """Per image, what Tiny World's analyzer reads (size, colour, position, background words), or ``None`` for
+    models without ground truth. An image with not exactly one object gets no attributes."""
+    from studio.attributes.definitions import model_kind
+
+    if model_kind(model) != "tinyworld":
+        return None
+    from studio.tinyworld.analyzer import analyze
+
+    out = []
+    for image in images:
+        a = analyze(image)
+        if len(a.objects) != 1:
+            out.append({"background": a.background})
+            continue
+        o = a.objects[0]
+        out.append({"size": o.size, "colour": o.colour, "position": o.position, "background": a.background})
+    return out
+
+
+def caption(token: str, attributes: dict | None, rng: random.Random) -> str:
+    """A training caption naming ``token`` (see the module docstring)."""
+    if attributes is None:
+        return rng.choice(TEMPLATES).format(token)
+    keep = {k: v for k, v in attributes.items() if rng.random() < KEEP_PROBABILITY}
+    words = [keep[k] for k in ("size", "colour") if k in keep] + [token]
+    text = ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
+    if "position" in keep:
+        text += " " + keep["position"]
+    if "background" in keep:
+        text += f" on a {keep['background']} background"
+    return text
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def initial_vectors(model, spec: TrainingSpec) -> torch.Tensor:
+    ids = model.tokenizer(spec.init_word.strip(), add_special_tokens=False).input_ids
+    if not ids:
+        raise InvalidRequest(f"initializer word {spec.init_word!r} has no tokens", "init_word")
+    table = model.text_encoder.get_input_embeddings()
+    with torch.no_grad():
+        start = table(torch.tensor(ids, device=model.device)).float().mean(0).cpu()
+    rows = NUM_STAGES if spec.method == "prospect" else 1
+    return start.expand(rows, -1).clone()
+
+
+def train_concept(model, images, spec: TrainingSpec, *, cancel: CancelToken | None = None,
+                  on_progress: Callable[[int, int, float], None] | None = None,
+                  on_preview: Callable[[Image.Image, int], None] | None = None,
+                  checkpoint: Path | None = None) -> TrainingResult:
+    """Learn ``spec.token`` from ``images`` on ``model`` (never modified). With ``checkpoint``, progress is saved
+    there and a matching checkpoint is resumed. Raises :class:`~studio.engine.Cancelled` when cancelled (the last
+    checkpoint stays, so the run can be resumed)."""
+    t0 = time.perf_counter()
+    # 1. validate
+    spec.check()
+    pictures = prepare_images(model, images)
+    vectors = initial_vectors(model, spec)
+    attributes = image_attributes(model, pictures)
+    # 2. encode the images once; a model copy that knows the token
+    engine = Engine(model)
+    pixels = torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32) / 255.0).permute(2, 0, 1)
+                          for p in pictures])
+    with torch.no_grad():
+        latents = engine.encode(pixels).float()
+    kind = spec.method
+    working = personalized_copy(model, [LearnedConcept(spec.token, vectors, kind, spec.init_word)])
+    train_token = f"{spec.token}@1" if kind == "prospect" else spec.token
+    train_id = token_id(working, train_token)
+    embedding = working.text_encoder.get_input_embeddings()
+    scheduler = make_scheduler(model.scheduler_config, "DDIM")
+    table = scheduler.alphas_cumprod.float()
+    n_train = int(scheduler.config.num_train_timesteps)
+    # 3. trainable vectors, optimiser; resume when a matching checkpoint exists
+    learned = torch.nn.Parameter(vectors.clone().to(model.device, torch.float32))
+    optimiser = torch.optim.Adam([learned], lr=spec.learning_rate)
+    start_step, losses = 0, []
+    key = {"token": spec.token, "method": kind, "model_hash": model.weights_hash, "images": _images_key(pictures),
+           "lr": spec.learning_rate, "batch": spec.batch_size, "seed": spec.seed}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state.get("key") == key:
+            with torch.no_grad():
+                learned.copy_(state["vectors"])
+            optimiser.load_state_dict(state["optimiser"])
+            start_step, losses = int(state["step"]), list(state["losses"])
+    rng = random.Random(f"{spec.seed}:{start_step}")
+    generator = torch.Generator().manual_seed(spec.seed * 1_000_003 + start_step)
+    result = TrainingResult(concept=None, resumed_from=start_step)  # type: ignore[arg-type]
+    tok = working.tokenizer
+    limit = int(tok.model_max_length)
+    # 4. the loop: gradients reach the vectors only
+    with model.run_lock:
+        try:
+            for step in range(start_step, spec.steps):
+                if cancel is not None and cancel.cancelled:
+                    raise Cancelled(f"training stopped at step {step}")
+                index = torch.randint(0, len(pictures), (spec.batch_size,), generator=generator)
+                t = torch.randint(0, n_train, (spec.batch_size,), generator=generator)
+                noise = torch.randn(latents[index].shape, generator=generator)
+                a = table[t].view(-1, 1, 1, 1)
+                noisy = a.sqrt() * latents[index] + (1 - a).sqrt() * noise
+                target = noise if model.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * \
+                    latents[index]
+                texts = [caption(train_token, attributes[i] if attributes else None, rng) for i in index.tolist()]
+                ids = tok(texts, padding="max_length", max_length=limit, truncation=True,
+                          return_tensors="pt").input_ids.to(model.device)
+                rows = [stage_of_timestep(float(x), n_train) - 1 for x in t] if kind == "prospect" \
+                    else [0] * spec.batch_size
+                with torch.enable_grad():
+                    embedding.override = (train_id, learned[rows].to(model.dtype))
+                    hidden = working.text_encoder(ids)[0]
+                    pred = working.unet(noisy.to(model.device, model.dtype), t.to(model.device),
+                                        encoder_hidden_states=hidden, return_dict=False)[0]
+                    loss = F.mse_loss(pred.float(), target.to(pred.device).float())
+                    (grad,) = torch.autograd.grad(loss, [learned])
+                embedding.override = None
+                learned.grad = grad
+                optimiser.step()
+                losses.append(float(loss.detach()))
+                done = step + 1
+                if on_progress is not None:
+                    on_progress(done, spec.steps, losses[-1])
+                if checkpoint is not None and (done % spec.checkpoint_every == 0 or done == spec.steps):
+                    _save_checkpoint(checkpoint, key, learned, optimiser, done, losses)
+                if on_preview is not None and spec.preview_every and (done % spec.preview_every == 0
+                                                                      or done == spec.steps):
+                    image = preview(model, _concept(spec, learned, done, model), spec.preview_prompt, spec.seed)
+                    result.previews.append((done, image))
+                    on_preview(image, done)
+        finally:
+            embedding.override = None
+    result.concept = _concept(spec, learned, spec.steps, model)
+    result.losses = losses
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _concept(spec: TrainingSpec, learned: torch.Tensor, steps: int, model) -> LearnedConcept:
+    return LearnedConcept(spec.token, learned.detach().float().cpu().clone(), spec.method, spec.init_word.strip(),
+                          steps, model.weights_hash)
+
+
+def preview(model, concept: LearnedConcept, prompt: str = "", seed: int = 0, steps: int = 12) -> Image.Image:
+    """One render of ``prompt`` (default ``"a <token>"``) with ``concept`` (all stages, for a per-stage one)."""
+    from .prospect import prospect_edit
+
+    copy = personalized_copy(model, [concept])
+    text = prompt or f"a {concept.token}"
+    request = GenerationRequest(prompt=text, steps=steps, seed=seed, sampler="DPM++ 2M",
+                                cfg=_default_cfg(model), width=model.default_size, height=model.default_size)
+    hooks = RunHooks()
+    if concept.kind == "prospect":
+        hooks.embedding_edits.append(prospect_edit(copy, request.sampler, steps, text, concept,
+                                                   range(1, NUM_STAGES + 1)))
+    return Engine(copy).generate(request, hooks=hooks).images[0]
+
+
+def _default_cfg(model) -> float:
+    from studio.controllers.generate import model_defaults
+
+    return float(model_defaults(model).cfg)
+
+
+def _images_key(images: list[Image.Image]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for image in images:
+        h.update(image.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _save_checkpoint(path: Path, key: dict, learned, optimiser, step: int, losses: list[float]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"key": key, "vectors": learned.detach().cpu(), "optimiser": optimiser.state_dict(), "step": step,
+                "losses": losses}, tmp)
+    tmp.replace(path)
+
+
+__all__ = ["TrainingSpec", "TrainingResult", "train_concept", "preview", "prepare_images", "caption",
+           "image_attributes"]
