@@ -109,6 +109,9 @@ class GenerateCommand:
     regions: tuple = ()  # studio.composition.Region, from --regions FILE
     feather: float = 0.05
     stages: tuple = ()  # studio.composition.StagePrompt, from --stages FILE
+    embeddings: tuple[Path, ...] = ()  # learned concepts (diffusers or A1111 .safetensors)
+    concept_stages: tuple[int, ...] = tuple(range(1, 11))  # for a per-stage (ProSpect) concept
+    concept_word: str = ""
 
     @property
     def image_count(self) -> int:
@@ -158,7 +161,12 @@ class GenerateCommand:
                   out=Path(args.out) if args.out is not None else None,
                   out_dir=Path(args.out_dir) if args.out_dir is not None else None,
                   history=Path(args.history) if args.history is not None else None,
-                  as_json=args.json, verbose=args.verbose, regions=regions, feather=feather, stages=stages)
+                  as_json=args.json, verbose=args.verbose, regions=regions, feather=feather, stages=stages,
+                  embeddings=tuple(Path(e) for e in args.embedding),
+                  concept_stages=parse_stage_range(args.concept_stages), concept_word=args.concept_word or "")
+        for path in cmd.embeddings:
+            if not path.is_file():
+                raise UsageError(f"--embedding {path}: no such file")
         if cmd.out is not None:
             if cmd.image_count != 1:
                 raise UsageError(f"--out FILE takes exactly one image but this makes {cmd.image_count} "
@@ -297,6 +305,15 @@ def add_generate_parser(sub) -> None:
     model.add_argument("--dtype", help="fp16, bf16 or fp32 (default: fp16 on cuda, else fp32)")
     model.add_argument("--allow-pickle", action="store_true",
                        help="allow .ckpt/.pt/.bin checkpoints (unpickling can run arbitrary code)")
+    learned = p.add_argument_group("learned concepts (python -m studio personalize)")
+    learned.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                         help="a textual-inversion or per-stage embedding (.safetensors, diffusers or A1111); "
+                              "use its token in the prompt; repeatable")
+    learned.add_argument("--concept-stages", default="1-10", metavar="A-B",
+                         help="per-stage concepts: the stages (1 = noisiest .. 10) that take the concept "
+                              "(default 1-10)")
+    learned.add_argument("--concept-word", metavar="WORD",
+                         help="per-stage concepts: the word in the other stages (default: its initializer word)")
     out = p.add_argument_group("output (one of --out / --out-dir is required)")
     out.add_argument("--out", metavar="FILE", help="write the one image to FILE (.png)")
     out.add_argument("--out-dir", metavar="DIR", help=f"write images to DIR/{NAME_PATTERN}")
@@ -324,6 +341,16 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
             model = loader(cmd.model, device=cmd.device, dtype=cmd.dtype, allow_pickle=cmd.allow_pickle)
         except ModelLoadError as e:
             raise UsageError(str(e)) from None
+        uses = _concept_uses(cmd)
+        if uses:
+            from studio.personalization.tokens import personalized_copy
+
+            try:
+                model = personalized_copy(model, [u.concept for u in uses])
+            except InvalidRequest as e:
+                raise UsageError(f"--embedding: {e}") from None
+            if cmd.stages and any(u.concept.kind == "prospect" for u in uses):
+                raise UsageError("a per-stage concept picks its own stages (--concept-stages); drop --stages")
         t_load = time.perf_counter() - t0
         controller = GenerateController(model, None)
 
@@ -371,7 +398,8 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
                     paths = [getattr(s, "path", s) for s in outcome.saved]
                     seeds = [request.seed + i for i in range(request.batch_size)]
                 else:
-                    outcome = controller.with_store(saver).run(request)
+                    hooks, controls = _concept_hooks(model, request, uses)
+                    outcome = controller.with_store(saver).run(request, hooks=hooks, controls=controls)
                     paths, seeds = outcome.paths, outcome.seeds
                 for w in outcome.warnings:
                     if w not in warned:
@@ -453,6 +481,49 @@ def _quiet_libraries(enabled: bool) -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- entry point
 
+def parse_stage_range(text: str) -> tuple[int, ...]:
+    """``"1-4"`` or ``"1,3,5-6"`` -> stage numbers in 1..10."""
+    try:
+        stages = parse_seeds(text)
+    except UsageError:
+        stages = ()
+    if not stages or any(not 1 <= k <= 10 for k in stages):
+        raise UsageError(f"--concept-stages must be stages in 1..10 like 1-4 or 1,3,5-6, got {text!r}")
+    return tuple(sorted(set(stages)))
+
+
+def _concept_uses(cmd: GenerateCommand) -> list:
+    if not cmd.embeddings:
+        return []
+    from studio.controllers.personalize import ConceptUse
+    from studio.personalization.formats import EmbeddingFileError, load_concept
+
+    uses = []
+    for path in cmd.embeddings:
+        try:
+            uses.append(ConceptUse(load_concept(path), cmd.concept_stages, cmd.concept_word))
+        except EmbeddingFileError as e:
+            raise UsageError(f"--embedding {path}: {e}") from None
+    return uses
+
+
+def _concept_hooks(model, request, uses: list):
+    """(hooks, controls) for a request with learned concepts: a per-stage concept named in the prompt gets its
+    stage prompts; every image records the concepts."""
+    from studio.engine import RunHooks
+
+    hooks = RunHooks()
+    if not uses:
+        return hooks, None
+    from studio.personalization.prospect import prospect_edit
+
+    for u in uses:
+        if u.concept.kind == "prospect" and u.concept.token in request.prompt:
+            hooks.embedding_edits.append(prospect_edit(model, request.sampler, request.steps, request.prompt,
+                                                       u.concept, u.stages, u.replacement))
+    return hooks, {"personalization": {"concepts": [u.settings() for u in uses]}}
+
+
 #: name -> function adding the subparser (which sets ``handler``)
 COMMANDS: dict[str, Callable] = {"generate": add_generate_parser}
 
@@ -462,10 +533,12 @@ def _register_workbench_commands() -> None:
 
     from studio.cli_edit import add_edit_parser
     from studio.cli_inspect import add_inspect_parser
+    from studio.cli_personalize import add_personalize_parser
 
     COMMANDS["attributes"] = add_attributes_parser
     COMMANDS["edit"] = add_edit_parser
     COMMANDS["inspect"] = add_inspect_parser
+    COMMANDS["personalize"] = add_personalize_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

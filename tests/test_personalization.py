@@ -1,0 +1,204 @@
+"""Personalization: tokens on a private copy (added and removed cleanly), embedding files in both formats, the
+training loop (progress, cancel, checkpoint and resume, gradients only on the new vectors), per-stage use, the CLI.
+Structure on the tiny random SD model."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from PIL import Image
+
+from studio.cli import main
+from studio.controllers.personalize import (
+    ConceptUse, PersonalizationController, PersonalizedRequest, TrainConceptRequest,
+)
+from studio.engine import Cancelled, CancelToken, GenerationRequest, InvalidRequest
+from studio.outputs import read_image_settings
+from studio.personalization.formats import EmbeddingFileError, load_concept, save_concept
+from studio.personalization.prospect import stage_prompts
+from studio.personalization.tokens import LearnedConcept, personalized_copy
+from studio.personalization.training import TrainingSpec, caption
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+BASE = GenerationRequest(prompt="a <ring> on a table", steps=3, cfg=5.0, seed=3)
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def images(n=3):
+    out = []
+    for i in range(n):
+        im = Image.new("RGB", (80, 64), (20, 20, 20))
+        im.paste((200, 40 + 40 * i, 40), (20, 10, 50, 40))
+        out.append(im)
+    return out
+
+
+def dim(model) -> int:
+    return model.text_encoder.get_input_embeddings().embedding_dim
+
+
+def test_tokens_live_on_a_private_copy_and_leave_the_model_alone(tiny_model):
+    vocab, before = len(tiny_model.tokenizer), fingerprint(tiny_model.text_encoder)
+    concept = LearnedConcept("<ring>", torch.randn(2, dim(tiny_model)))
+    copy = personalized_copy(tiny_model, [concept])
+    assert len(tiny_model.tokenizer) == vocab and "<ring>" not in tiny_model.tokenizer.get_vocab()
+    assert len(copy.tokenizer) == vocab + 2 and copy.weights_hash != tiny_model.weights_hash
+    ids = copy.tokenizer("a <ring>", add_special_tokens=False).input_ids
+    assert ids[-2:] == [vocab, vocab + 1]  # a two-vector token is written out as both of its tokens
+    table = copy.text_encoder.get_input_embeddings()
+    assert torch.equal(table(torch.tensor([vocab, vocab + 1])), concept.vectors)
+    assert table.base is tiny_model.text_encoder.get_input_embeddings()  # the table is shared, not copied
+    shared = dict(tiny_model.text_encoder.named_parameters())
+    assert all(p is shared[n] for n, p in copy.text_encoder.named_parameters() if n in shared)
+    assert fingerprint(tiny_model.text_encoder) == before
+    # encodings of prompts without the token are unchanged
+    from studio.engine.conditioning import encode_texts
+
+    assert torch.equal(encode_texts(copy, ["a red square"]), encode_texts(tiny_model, ["a red square"]))
+    with pytest.raises(InvalidRequest, match="already in use"):
+        personalized_copy(copy, [concept])
+    with pytest.raises(InvalidRequest, match="another model"):
+        personalized_copy(tiny_model, [LearnedConcept("<x>", torch.randn(1, dim(tiny_model) + 1))])
+    with pytest.raises(InvalidRequest, match="look like <name>"):
+        LearnedConcept("ring", torch.randn(1, 4))
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "a1111"])
+def test_embedding_files_round_trip(tiny_model, tmp_path, fmt):
+    concept = LearnedConcept("<ring>", torch.randn(1, dim(tiny_model)), init_word="circle", steps=7,
+                             model_hash=tiny_model.weights_hash)
+    path = save_concept(concept, tmp_path / "ring.safetensors", fmt)
+    loaded = load_concept(path)
+    assert loaded.token == "<ring>" and torch.equal(loaded.vectors, concept.vectors) and loaded.kind == concept.kind
+    from safetensors.torch import load_file
+
+    raw = load_file(str(path))
+    assert set(raw) == ({"emb_params"} if fmt == "a1111" else {"<ring>"})
+    assert load_concept(path, token="<other>").token == "<other>"
+
+
+def test_foreign_embedding_files(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": torch.randn(3, 8)}, str(tmp_path / "My Style.safetensors"))
+    loaded = load_concept(tmp_path / "My Style.safetensors")  # an A1111 file: token from the file name
+    assert loaded.token == "<my-style>" and loaded.vectors.shape == (3, 8)
+    save_file({"a": torch.zeros(2), "b": torch.zeros(2)}, str(tmp_path / "two.safetensors"))
+    with pytest.raises(EmbeddingFileError, match="holds 2 tensors"):
+        load_concept(tmp_path / "two.safetensors")
+    (tmp_path / "x.pt").write_bytes(b"pickle")
+    with pytest.raises(EmbeddingFileError, match="pickle"):
+        load_concept(tmp_path / "x.pt")
+    prospect = LearnedConcept("<p>", torch.randn(10, 8), kind="prospect")
+    with pytest.raises(EmbeddingFileError, match="diffusers"):
+        save_concept(prospect, tmp_path / "p.safetensors", "a1111")
+    assert load_concept(save_concept(prospect, tmp_path / "p.safetensors")).kind == "prospect"
+
+
+def test_training_progress_cancel_and_resume(tiny_model, tmp_path):
+    controller = PersonalizationController(tiny_model, checkpoints=tmp_path / "ckpt")
+    spec = TrainingSpec("<ring>", "square", steps=4, batch_size=2, checkpoint_every=2, preview_every=2,
+                        learning_rate=1e-2)
+    before = {n: p.detach().clone() for n, p in tiny_model.unet.named_parameters()}
+    token = CancelToken()
+    seen = []
+
+    def progress(step, total, loss):
+        seen.append(step)
+        if step == 2:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        controller.train(TrainConceptRequest(tuple(images()), spec), cancel=token, on_progress=progress)
+    assert seen == [1, 2] and controller.checkpoint_path(spec).is_file()
+    previews = []
+    result = controller.train(TrainConceptRequest(tuple(images()), spec),
+                              on_preview=lambda image, step: previews.append(step))
+    assert result.resumed_from == 2 and len(result.losses) == 4 and previews == [4]
+    assert result.concept.vectors.shape == (1, dim(tiny_model)) and result.concept.steps == 4
+    assert all(p.grad is None and torch.equal(p, before[n]) for n, p in tiny_model.unet.named_parameters())
+    fresh = controller.train(TrainConceptRequest(tuple(images()), spec), resume=False)
+    assert fresh.resumed_from == 0
+    with pytest.raises(InvalidRequest, match="3 to 20 images"):
+        controller.train(TrainConceptRequest(tuple(images(2)), spec))
+    with pytest.raises(InvalidRequest, match="initializer word"):
+        controller.train(TrainConceptRequest(tuple(images()), replace(spec, init_word=" ")))
+
+
+def test_per_stage_training_and_generation(tiny_model):
+    controller = PersonalizationController(tiny_model)
+    spec = TrainingSpec("<ring>", "square", method="prospect", steps=2, batch_size=2, preview_every=0)
+    result = controller.train(TrainConceptRequest(tuple(images()), spec))
+    concept = result.concept
+    assert concept.kind == "prospect" and concept.vectors.shape == (10, dim(tiny_model))
+    texts = stage_prompts("a green <ring>", concept, [1, 2, 3], "circle")
+    assert texts[1] == "a green <ring>@1" and texts[3] == "a green <ring>@3" and texts[4] == "a green circle"
+    out = controller.generate(PersonalizedRequest(replace(BASE, prompt="a green <ring>"),
+                                                  (ConceptUse(concept, (1, 2, 3), "circle"),)), save=False)
+    assert out.images[0].size == (64, 64)
+    with pytest.raises(InvalidRequest, match="does not contain <ring>"):
+        stage_prompts("a green circle", concept, [1], "")
+    with pytest.raises(InvalidRequest, match="at least one stage"):
+        controller.generate(PersonalizedRequest(BASE, (ConceptUse(concept, ()),)), save=False)
+
+
+def test_generation_with_a_concept_differs_and_records_it(tiny_model):
+    controller = PersonalizationController(tiny_model)
+    concept = LearnedConcept("<ring>", torch.randn(1, dim(tiny_model)) * 3)
+    plain = controller.generator.run(BASE).images[0]
+    out = controller.generate(PersonalizedRequest(BASE, (ConceptUse(concept),)), save=False)
+    assert out.images[0].tobytes() != plain.tobytes()
+    again = controller.generator.run(BASE).images[0]  # the shared model did not learn the token
+    assert again.tobytes() == plain.tobytes()
+
+
+def test_tinyworld_captions_name_the_attributes():
+    import random
+
+    text = caption("<ring>", {"size": "large", "colour": "red", "position": "at the top left",
+                              "background": "black"}, random.Random(1))
+    assert "<ring>" in text and text.startswith(("a ", "an "))
+    assert caption("<ring>", None, random.Random(1)).endswith("<ring>")
+
+
+def run_cli(model, *argv):
+    out, err = io.StringIO(), io.StringIO()
+    code = main([*map(str, argv)], load_model=lambda spec, **kw: model, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_personalize_then_generate_with_the_embedding(tiny_model, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(images()):
+        im.save(folder / f"{i}.png")
+    code, out, err = run_cli(tiny_model, "personalize", "textual-inversion", "--images", folder, "--token", "<ring>",
+                             "--init-word", "square", "--steps", 2, "--batch", 2, "--out", tmp_path / "ring.safetensors",
+                             "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["steps"] == 2 and report["path"].endswith("ring.safetensors") and len(report["losses"]) == 2
+    code, out, err = run_cli(tiny_model, "generate", "--prompt", "a <ring>", "--embedding", tmp_path / "ring.safetensors",
+                             "--steps", 2, "--seed", 1, "--out", tmp_path / "g.png")
+    assert code == 0, err
+    settings = read_image_settings(tmp_path / "g.png")
+    assert settings.controls["personalization"]["concepts"][0]["token"] == "<ring>"
+    code, _, err = run_cli(tiny_model, "personalize", "textual-inversion", "--images", tmp_path / "none", "--token",
+                           "<ring>", "--out", tmp_path / "x.safetensors")
+    assert code == 2 and "no such folder" in err
+    code, _, err = run_cli(tiny_model, "generate", "--prompt", "x", "--embedding", tmp_path / "missing.safetensors",
+                           "--out", tmp_path / "y.png")
+    assert code == 2 and "missing.safetensors" in err
