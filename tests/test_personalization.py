@@ -202,3 +202,76 @@ def test_cli_personalize_then_generate_with_the_embedding(tiny_model, tmp_path):
     code, _, err = run_cli(tiny_model, "generate", "--prompt", "x", "--embedding", tmp_path / "missing.safetensors",
                            "--out", tmp_path / "y.png")
     assert code == 2 and "missing.safetensors" in err
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+def random_lora(model, rank=2, seed=0, name="x"):
+    from studio.personalization.lora import LoraWeights, cross_free_targets
+
+    g = torch.Generator().manual_seed(seed)
+    layers = {}
+    for path in cross_free_targets(model)[:4]:
+        w = model.unet.get_submodule(path).weight
+        layers[("unet", path)] = (torch.randn(rank, w.shape[1], generator=g), torch.randn(w.shape[0], rank, generator=g),
+                                  float(rank) / 2)
+    return LoraWeights(name=name, layers=layers)
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
+def test_lora_files_round_trip_and_merge_on_a_copy(tiny_model, tmp_path, fmt):
+    from studio.personalization.lora import apply_loras, load_lora, save_lora
+
+    before = fingerprint(tiny_model.unet)
+    a, b = random_lora(tiny_model, seed=1, name="a"), random_lora(tiny_model, seed=2, name="b")
+    loaded = load_lora(save_lora(a, tmp_path / f"a-{fmt}.safetensors", fmt), tiny_model)
+    assert set(loaded.layers) == set(a.layers)
+    for key, (down, up, alpha) in a.layers.items():
+        d2, u2, al2 = loaded.layers[key]
+        assert torch.equal(d2, down) and torch.equal(u2, up) and al2 == alpha
+    copy = apply_loras(tiny_model, [(loaded, 0.5), (b, -1.0)])
+    for (component, path), (down, up, alpha) in a.layers.items():
+        base = tiny_model.unet.get_submodule(path).weight.double()
+        d_b, u_b, al_b = b.layers[(component, path)]
+        expected = base + 0.5 * (alpha / 2) * (up.double() @ down.double()) - (al_b / 2) * (u_b.double() @ d_b.double())
+        assert torch.allclose(copy.unet.get_submodule(path).weight.double(), expected, atol=1e-5)
+    untouched = [n for n, p in copy.unet.named_parameters() if n.rsplit(".", 1)[0] not in
+                 {p for _, p in a.layers}]
+    shared = dict(tiny_model.unet.named_parameters())
+    assert all(dict(copy.unet.named_parameters())[n] is shared[n] for n in untouched)
+    del copy  # unloading is dropping the copy: the base weights never changed
+    assert fingerprint(tiny_model.unet) == before
+
+
+def test_lora_file_refusals(tiny_model, tmp_path):
+    from safetensors.torch import save_file
+
+    from studio.personalization.lora import LoraFileError, LoraWeights, load_lora, save_lora
+
+    lora = random_lora(tiny_model)
+    (key, (down, up, alpha)), = list(lora.layers.items())[:1]
+    wide = LoraWeights("w", {key: (torch.zeros(2, down.shape[1] + 3), up, alpha)})
+    with pytest.raises(LoraFileError, match="made for another model"):
+        load_lora(save_lora(wide, tmp_path / "w.safetensors"), tiny_model)
+    elsewhere = LoraWeights("e", {("unet", "no.such.layer"): (down, up, alpha)})
+    with pytest.raises(LoraFileError, match="no layer no.such.layer"):
+        load_lora(save_lora(elsewhere, tmp_path / "e.safetensors"), tiny_model)
+    save_file({"something.weight": torch.zeros(2)}, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(LoraFileError, match="not a LoRA weight"):
+        load_lora(tmp_path / "odd.safetensors", tiny_model)
+    with pytest.raises(LoraFileError, match="pickles"):
+        load_lora(tmp_path / "a.pt", tiny_model)
+
+
+def test_lora_training_touches_only_the_adapters(tiny_model):
+    from studio.personalization.lora import LoraSpec, apply_loras, train_lora
+
+    before = fingerprint(tiny_model.unet), fingerprint(tiny_model.text_encoder)
+    result = train_lora(tiny_model, images(), LoraSpec("<ring>", "square", rank=2, steps=3, batch_size=2))
+    assert len(result.losses) == 3 and result.lora.rank == 2 and result.lora.concept.token == "<ring>"
+    assert any(float(up.abs().sum()) > 0 for _, up, _ in result.lora.layers.values())  # B starts at zero
+    assert (fingerprint(tiny_model.unet), fingerprint(tiny_model.text_encoder)) == before
+    assert all(p.grad is None for p in tiny_model.unet.parameters())
+    copy = apply_loras(tiny_model, [(result.lora, 1.0)])
+    assert "<ring>" in copy.tokenizer.get_vocab() and "<ring>" not in tiny_model.tokenizer.get_vocab()
