@@ -110,6 +110,7 @@ class GenerateCommand:
     feather: float = 0.05
     stages: tuple = ()  # studio.composition.StagePrompt, from --stages FILE
     embeddings: tuple[Path, ...] = ()  # learned concepts (diffusers or A1111 .safetensors)
+    loras: tuple[tuple[Path, float], ...] = ()
     concept_stages: tuple[int, ...] = tuple(range(1, 11))  # for a per-stage (ProSpect) concept
     concept_word: str = ""
 
@@ -163,7 +164,8 @@ class GenerateCommand:
                   history=Path(args.history) if args.history is not None else None,
                   as_json=args.json, verbose=args.verbose, regions=regions, feather=feather, stages=stages,
                   embeddings=tuple(Path(e) for e in args.embedding),
-                  concept_stages=parse_stage_range(args.concept_stages), concept_word=args.concept_word or "")
+                  concept_stages=parse_stage_range(args.concept_stages), concept_word=args.concept_word or "",
+                  loras=tuple(parse_lora_arg(a) for a in args.lora))
         for path in cmd.embeddings:
             if not path.is_file():
                 raise UsageError(f"--embedding {path}: no such file")
@@ -309,6 +311,9 @@ def add_generate_parser(sub) -> None:
     learned.add_argument("--embedding", action="append", default=[], metavar="FILE",
                          help="a textual-inversion or per-stage embedding (.safetensors, diffusers or A1111); "
                               "use its token in the prompt; repeatable")
+    learned.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                         help="a LoRA (.safetensors: diffusers, kohya or A1111) merged at SCALE (default 1); "
+                              "repeatable")
     learned.add_argument("--concept-stages", default="1-10", metavar="A-B",
                          help="per-stage concepts: the stages (1 = noisiest .. 10) that take the concept "
                               "(default 1-10)")
@@ -341,6 +346,13 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
             model = loader(cmd.model, device=cmd.device, dtype=cmd.dtype, allow_pickle=cmd.allow_pickle)
         except ModelLoadError as e:
             raise UsageError(str(e)) from None
+        if cmd.loras:
+            from studio.personalization.lora import LoraFileError, apply_loras, load_lora
+
+            try:
+                model = apply_loras(model, [(load_lora(path, model), scale) for path, scale in cmd.loras])
+            except (LoraFileError, InvalidRequest) as e:
+                raise UsageError(f"--lora: {e}") from None
         uses = _concept_uses(cmd)
         if uses:
             from studio.personalization.tokens import personalized_copy
@@ -398,7 +410,7 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
                     paths = [getattr(s, "path", s) for s in outcome.saved]
                     seeds = [request.seed + i for i in range(request.batch_size)]
                 else:
-                    hooks, controls = _concept_hooks(model, request, uses)
+                    hooks, controls = _concept_hooks(model, request, uses, cmd.loras)
                     outcome = controller.with_store(saver).run(request, hooks=hooks, controls=controls)
                     paths, seeds = outcome.paths, outcome.seeds
                 for w in outcome.warnings:
@@ -492,6 +504,22 @@ def parse_stage_range(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(stages)))
 
 
+def parse_lora_arg(text: str) -> tuple[Path, float]:
+    """``FILE`` or ``FILE:SCALE`` (scale in -4..4, default 1)."""
+    path, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head and not tail.startswith(("/", "\\")):
+        try:
+            path, scale = head, float(tail)
+        except ValueError:
+            path, scale = text, 1.0
+    if not Path(path).is_file():
+        raise UsageError(f"--lora {path}: no such file")
+    if not -4.0 <= scale <= 4.0:
+        raise UsageError(f"--lora scale must be in -4..4, got {scale}")
+    return Path(path), scale
+
+
 def _concept_uses(cmd: GenerateCommand) -> list:
     if not cmd.embeddings:
         return []
@@ -507,13 +535,13 @@ def _concept_uses(cmd: GenerateCommand) -> list:
     return uses
 
 
-def _concept_hooks(model, request, uses: list):
+def _concept_hooks(model, request, uses: list, loras=()):
     """(hooks, controls) for a request with learned concepts: a per-stage concept named in the prompt gets its
     stage prompts; every image records the concepts."""
     from studio.engine import RunHooks
 
     hooks = RunHooks()
-    if not uses:
+    if not uses and not loras:
         return hooks, None
     from studio.personalization.prospect import prospect_edit
 
@@ -521,7 +549,8 @@ def _concept_hooks(model, request, uses: list):
         if u.concept.kind == "prospect" and u.concept.token in request.prompt:
             hooks.embedding_edits.append(prospect_edit(model, request.sampler, request.steps, request.prompt,
                                                        u.concept, u.stages, u.replacement))
-    return hooks, {"personalization": {"concepts": [u.settings() for u in uses]}}
+    return hooks, {"personalization": {"concepts": [u.settings() for u in uses],
+                                       "loras": [{"file": Path(p).name, "scale": s} for p, s in loras]}}
 
 
 #: name -> function adding the subparser (which sets ``handler``)

@@ -21,6 +21,9 @@ methods:
   textual-inversion  one new token embedding (Gal et al. 2022)
   prospect           ten embeddings, one per timestep stage (ProSpect); at generation choose the stages that take
                      the concept: generate --embedding FILE --concept-stages 1-4 --concept-word circle
+  lora               DreamBooth-style LoRA (peft, --rank) on the UNet's attention projections, trained with the
+                     token's embedding and prior preservation (renders of --init-word by the original model);
+                     use it with: generate --lora FILE[:SCALE] (repeatable)
 
 --images DIR holds 3 to 20 pictures of the concept (PNG, JPEG, WebP; centre-cropped and resized to the model's
 size). On Tiny World the captions name each image's size, colour, place and background (read by the analyzer), so
@@ -38,16 +41,18 @@ def add_personalize_parser(sub) -> None:
     p = sub.add_parser("personalize", help="learn a new concept (token) from a few images",
                        description="Teach the model a concept from 3 to 20 images.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("method", choices=["textual-inversion", "prospect"])
+    p.add_argument("method", choices=["textual-inversion", "prospect", "lora"])
     p.add_argument("--images", required=True, metavar="DIR", help="folder with 3 to 20 images of the concept")
     p.add_argument("--token", required=True, help="the placeholder, e.g. '<ring>'")
     p.add_argument("--init-word", default="object", help="a word the model knows to start from (default: object)")
     p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--lr", type=float, default=5e-3, help="learning rate (default 5e-3)")
+    p.add_argument("--lr", type=float, help="learning rate (default: 1e-3)")
+    p.add_argument("--rank", type=int, default=8, help="lora: rank (default 8)")
     p.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", metavar="FILE", help="save progress here and resume from it")
-    p.add_argument("--format", default="diffusers", choices=["diffusers", "a1111"])
+    p.add_argument("--format", default="diffusers", choices=["diffusers", "a1111", "kohya"],
+                   help="embeddings: diffusers or a1111; LoRA: diffusers or kohya (A1111 reads kohya files)")
     p.add_argument("--model", default="tinyworld")
     p.add_argument("--device")
     p.add_argument("--out", required=True, metavar="FILE", help="the embedding file (.safetensors)")
@@ -62,6 +67,7 @@ def cmd_personalize(args: argparse.Namespace, ctx: Context) -> int:
         from studio.models import ModelLoadError
         from studio.models import load_model as default_loader
         from studio.personalization.formats import EmbeddingFileError, save_concept
+        from studio.personalization.lora import LoraFileError, LoraSpec, save_lora, train_lora
         from studio.personalization.training import TrainingSpec, train_concept
 
         # 1. validate what needs no model
@@ -74,9 +80,14 @@ def cmd_personalize(args: argparse.Namespace, ctx: Context) -> int:
         out = Path(args.out)
         if out.suffix != ".safetensors":
             raise UsageError(f"--out must be a .safetensors file, got {out}")
+        lora = args.method == "lora"
+        if args.format not in (("diffusers", "kohya") if lora else ("diffusers", "a1111")):
+            raise UsageError(f"--format {args.format} is not a {'LoRA' if lora else 'embedding'} format")
         images = [read_image_arg(str(f), "images").convert("RGB") for f in files]
-        spec = TrainingSpec(args.token, args.init_word, args.method, args.steps, args.lr, args.batch, args.seed,
-                            preview_every=0)
+        lr = 1e-3 if args.lr is None else args.lr
+        spec = LoraSpec(args.token, args.init_word, args.rank, args.steps, lr, args.batch, args.seed) if lora else \
+            TrainingSpec(args.token, args.init_word, args.method, args.steps, lr, args.batch, args.seed,
+                         preview_every=0)
         try:
             spec.check()
         except InvalidRequest as e:
@@ -93,20 +104,24 @@ def cmd_personalize(args: argparse.Namespace, ctx: Context) -> int:
                 print(f"step {step}/{total}  loss {loss:.4f}", file=ctx.stderr)
 
         try:
-            result = train_concept(model, images, spec, on_progress=progress,
-                                   checkpoint=Path(args.checkpoint) if args.checkpoint else None)
-            save_concept(result.concept, out, args.format)
+            if lora:
+                result = train_lora(model, images, spec, on_progress=progress)
+                save_lora(result.lora, out, args.format)
+            else:
+                result = train_concept(model, images, spec, on_progress=progress,
+                                       checkpoint=Path(args.checkpoint) if args.checkpoint else None)
+                save_concept(result.concept, out, args.format)
         except InvalidRequest as e:
             raise UsageError(f"{e} (model {args.model})") from None
         except Cancelled as e:  # pragma: no cover - the CLI has no cancel button; Ctrl-C ends the process
             print(f"error: {e}", file=ctx.stderr)
             return 1
-        except (EmbeddingFileError, OSError) as e:
+        except (EmbeddingFileError, LoraFileError, OSError) as e:
             print(f"error: could not save the embedding: {e}", file=ctx.stderr)
             return 1
 
     summary = {"method": args.method, "token": spec.token, "path": str(out), "format": args.format,
-               "steps": spec.steps, "resumed_from": result.resumed_from, "images": len(images),
+               "steps": spec.steps, "resumed_from": getattr(result, "resumed_from", 0), "images": len(images),
                "losses": [round(x, 5) for x in result.losses], "model": args.model,
                "weights_hash": model.weights_hash,
                "timings": _rounded({"train": result.seconds, "total": time.perf_counter() - t_start})}

@@ -275,3 +275,24 @@ def test_lora_training_touches_only_the_adapters(tiny_model):
     assert all(p.grad is None for p in tiny_model.unet.parameters())
     copy = apply_loras(tiny_model, [(result.lora, 1.0)])
     assert "<ring>" in copy.tokenizer.get_vocab() and "<ring>" not in tiny_model.tokenizer.get_vocab()
+
+
+def test_cli_lora_train_then_generate(tiny_model, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(images()):
+        im.save(folder / f"{i}.png")
+    code, out, err = run_cli(tiny_model, "personalize", "lora", "--images", folder, "--token", "<ring>",
+                             "--init-word", "square", "--steps", 2, "--batch", 2, "--rank", 2, "--format", "kohya",
+                             "--out", tmp_path / "ring-lora.safetensors", "--json")
+    assert code == 0, err
+    assert json.loads(out)["method"] == "lora"
+    code, out, err = run_cli(tiny_model, "generate", "--prompt", "a <ring>", "--lora",
+                             f"{tmp_path / 'ring-lora.safetensors'}:0.5", "--steps", 2, "--seed", 1,
+                             "--out", tmp_path / "g.png")
+    assert code == 0, err
+    loras = read_image_settings(tmp_path / "g.png").controls["personalization"]["loras"]
+    assert [dict(x) for x in loras] == [{"file": "ring-lora.safetensors", "scale": 0.5}]
+    code, _, err = run_cli(tiny_model, "generate", "--prompt", "x", "--lora", f"{tmp_path / 'ring-lora.safetensors'}:9",
+                           "--out", tmp_path / "h.png")
+    assert code == 2 and "-4..4" in err

@@ -5,7 +5,9 @@ generate with it.
   token; progress, previews, cancel; resumable from a checkpoint (see :mod:`studio.personalization.training`).
 * :meth:`PersonalizationController.generate`: a run on a private copy of the model that knows the given concepts
   (the shared model never learns a token); per-stage concepts take the stages the request gives them.
-* :meth:`save` / :meth:`load`: diffusers and A1111 embedding files.
+* :meth:`train_lora`: DreamBooth-style LoRA (peft) with the token; LoRA files (ours or external diffusers, kohya,
+  A1111 ones) are merged, several at once with a scale each, into a copy for a run.
+* :meth:`save` / :meth:`load`: diffusers and A1111 embedding files; :meth:`save_lora` / :meth:`load_lora`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from PIL import Image
 from studio.composition.stages import NUM_STAGES
 from studio.engine import CancelToken, GenerationRequest, InvalidRequest, RunHooks
 from studio.personalization.formats import load_concept, save_concept
+from studio.personalization.lora import LoraResult, LoraSpec, LoraWeights, apply_loras, load_lora, save_lora, train_lora
 from studio.personalization.prospect import check_stage_set, prospect_edit
 from studio.personalization.tokens import LearnedConcept, personalized_copy
 from studio.personalization.training import TrainingResult, TrainingSpec, train_concept
@@ -56,8 +59,17 @@ class ConceptUse:
 
 @dataclass(frozen=True)
 class PersonalizedRequest:
+    """``base`` with learned ``concepts`` and ``loras`` (``(LoraWeights, scale)`` pairs, merged in order)."""
+
     base: GenerationRequest
     concepts: tuple[ConceptUse, ...] = field(default_factory=tuple)
+    loras: tuple[tuple[LoraWeights, float], ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class TrainLoraRequest:
+    images: tuple[Image.Image, ...]
+    spec: LoraSpec
 
 
 class PersonalizationController:
@@ -94,15 +106,23 @@ class PersonalizationController:
         return train_concept(self.model, list(request.images), request.spec, cancel=cancel,
                              on_progress=on_progress, on_preview=on_preview, checkpoint=path)
 
+    def train_lora(self, request: TrainLoraRequest, *, cancel: CancelToken | None = None,
+                   on_progress: Callable[[int, int, float], None] | None = None) -> LoraResult:
+        if not isinstance(request, TrainLoraRequest) or not isinstance(request.spec, LoraSpec):
+            raise InvalidRequest("expected a TrainLoraRequest(images, LoraSpec)")
+        return train_lora(self.model, list(request.images), request.spec, cancel=cancel, on_progress=on_progress)
+
     # ---- generation
 
-    def model_with(self, concepts) -> object:
-        """A private copy of the model that knows ``concepts`` (LearnedConcept or ConceptUse items)."""
+    def model_with(self, concepts, loras=()) -> object:
+        """A private copy of the model that knows ``concepts`` (LearnedConcept or ConceptUse items) with ``loras``
+        merged."""
         learned = [c.concept if isinstance(c, ConceptUse) else c for c in concepts]
-        tokens = [c.token for c in learned]
+        tokens = [c.token for c in learned] + [lo.concept.token for lo, _ in loras if lo.concept is not None]
         if len(set(tokens)) != len(tokens):
             raise InvalidRequest("two concepts use the same token; rename one", "concepts")
-        return personalized_copy(self.model, learned)
+        base = apply_loras(self.model, list(loras)) if loras else self.model
+        return personalized_copy(base, learned) if learned else base
 
     def generate(self, request: PersonalizedRequest, *, save: bool = True, cancel: CancelToken | None = None,
                  on_preview=None, on_progress: ProgressCallback | None = None) -> GenerateOutcome:
@@ -120,7 +140,10 @@ class PersonalizationController:
             if u.concept.kind == "prospect":
                 check_stage_set(u.stages)
         # 2. a private copy that knows the tokens, the per-stage prompts as an embedding edit
-        copy = self.model_with(uses)
+        loras = tuple(request.loras)
+        if not all(isinstance(lo, LoraWeights) and isinstance(sc, (int, float)) for lo, sc in loras):
+            raise InvalidRequest("loras must be (LoraWeights, scale) pairs", "loras")
+        copy = self.model_with(uses, loras)
         hooks = RunHooks()
         if per_stage:
             u = per_stage[0]
@@ -128,7 +151,9 @@ class PersonalizationController:
                                                        u.stages, u.replacement))
         runner = self.generator.for_model(copy)
         runner = runner if save else runner.with_store(None)
-        controls = {"personalization": {"concepts": [u.settings() for u in uses]}}
+        controls = {"personalization": {"concepts": [u.settings() for u in uses],
+                                        "loras": [{"name": lo.name, "scale": float(sc), "digest": lo.digest(),
+                                                   "rank": lo.rank} for lo, sc in loras]}}
         return runner.run(base, cancel=cancel, on_preview=on_preview, on_progress=on_progress, controls=controls,
                           workbench=WORKBENCH, hooks=hooks)
 
@@ -142,3 +167,11 @@ class PersonalizationController:
     def load(path: Path, token: str | None = None) -> LearnedConcept:
         """A diffusers or A1111 embedding (its width is checked when it is used with the model)."""
         return load_concept(path, token)
+
+    @staticmethod
+    def save_lora(lora: LoraWeights, path: Path, fmt: str = "diffusers") -> Path:
+        return save_lora(lora, path, fmt)
+
+    def load_lora(self, path: Path) -> LoraWeights:
+        """A diffusers, kohya or A1111 LoRA, checked against this model's layers."""
+        return load_lora(path, self.model)

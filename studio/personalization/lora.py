@@ -214,6 +214,9 @@ def cross_free_targets(model) -> list[str]:
 
 @dataclass(frozen=True)
 class LoraSpec:
+    """``prior_images`` renders of the initializer word by the original model are trained on too (DreamBooth's
+    prior preservation, weight ``prior_weight``), so the LoRA does not turn every circle into a ring."""
+
     token: str
     init_word: str
     rank: int = 8
@@ -221,6 +224,9 @@ class LoraSpec:
     learning_rate: float = 1e-3
     batch_size: int = 8
     seed: int = 0
+    token_learning_rate: float = 1e-3
+    prior_images: int = 8
+    prior_weight: float = 1.0
 
     def check(self) -> None:
         from .training import TrainingSpec
@@ -251,10 +257,14 @@ def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = No
     pictures = prepare_images(model, images)
     attributes = image_attributes(model, pictures)
     vectors = initial_vectors(model, TrainingSpec(spec.token, spec.init_word))
+    # prior preservation: the original model's own renders of the initializer word, captioned alike
+    rng = random.Random(spec.seed)
+    priors, prior_attrs = _prior_images(model, spec, attributes, rng)
     pixels = torch.stack([torch.from_numpy(np.asarray(p, dtype=np.float32) / 255.0).permute(2, 0, 1)
-                          for p in pictures])
+                          for p in pictures + priors])
     with torch.no_grad():
-        latents = Engine(model).encode(pixels).float()
+        all_latents = Engine(model).encode(pixels).float()
+    latents, prior_latents = all_latents[:len(pictures)], all_latents[len(pictures):]
     # 2. a copy with the token, and a UNet copy (sharing every base tensor) carrying peft adapters
     working = personalized_copy(model, [LearnedConcept(spec.token, vectors, init_word=spec.init_word)])
     memo = {id(t): t for t in list(model.unet.parameters()) + list(model.unet.buffers())}
@@ -267,14 +277,13 @@ def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = No
         p.data = p.data.float()
     embedding = working.text_encoder.get_input_embeddings()
     learned = torch.nn.Parameter(vectors.clone().float())
-    optimiser = torch.optim.AdamW([{"params": lora_params}, {"params": [learned], "lr": 5e-3}],
+    optimiser = torch.optim.AdamW([{"params": lora_params}, {"params": [learned], "lr": spec.token_learning_rate}],
                                   lr=spec.learning_rate, weight_decay=1e-4)
     scheduler = make_scheduler(model.scheduler_config, "DDIM")
     table = scheduler.alphas_cumprod.float()
     n_train = int(scheduler.config.num_train_timesteps)
     tid = token_id(working, spec.token)
     tok = working.tokenizer
-    rng = random.Random(spec.seed)
     generator = torch.Generator().manual_seed(spec.seed)
     losses = []
     # 3. the loop: gradients reach the adapters and the token only
@@ -283,22 +292,27 @@ def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = No
             for step in range(spec.steps):
                 if cancel is not None and cancel.cancelled:
                     raise Cancelled(f"training stopped at step {step}")
-                index = torch.randint(0, len(pictures), (spec.batch_size,), generator=generator)
+                n_prior = len(priors) and spec.batch_size // 2
+                index = torch.randint(0, len(pictures), (spec.batch_size - n_prior,), generator=generator)
+                prior_index = torch.randint(0, max(1, len(priors)), (n_prior,), generator=generator)
+                x0 = torch.cat([latents[index], prior_latents[prior_index]]) if n_prior else latents[index]
                 t = torch.randint(0, n_train, (spec.batch_size,), generator=generator)
-                noise = torch.randn(latents[index].shape, generator=generator)
+                noise = torch.randn(x0.shape, generator=generator)
                 a = table[t].view(-1, 1, 1, 1)
-                noisy = a.sqrt() * latents[index] + (1 - a).sqrt() * noise
-                target = noise if model.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * \
-                    latents[index]
+                noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+                target = noise if model.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
                 texts = [caption(spec.token, attributes[i] if attributes else None, rng) for i in index.tolist()]
+                texts += [caption(spec.init_word, prior_attrs[i] if prior_attrs else None, rng)
+                          for i in prior_index.tolist()[:n_prior]]
                 ids = tok(texts, padding="max_length", max_length=int(tok.model_max_length), truncation=True,
                           return_tensors="pt").input_ids.to(model.device)
+                weights = torch.tensor([1.0] * len(index) + [spec.prior_weight] * n_prior).view(-1, 1, 1, 1)
                 with torch.enable_grad():
                     embedding.override = (tid, learned[[0] * spec.batch_size].to(model.dtype))
                     hidden = working.text_encoder(ids)[0]
                     pred = unet(noisy.to(model.device, model.dtype), t.to(model.device), encoder_hidden_states=hidden,
                                 return_dict=False)[0]
-                    loss = F.mse_loss(pred.float(), target.float())
+                    loss = (weights.to(pred.device) * (pred.float() - target.float()) ** 2).mean()
                     grads = torch.autograd.grad(loss, lora_params + [learned])
                 embedding.override = None
                 for p, g in zip(lora_params + [learned], grads):
@@ -324,6 +338,27 @@ def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = No
             "init_word": spec.init_word}
     lora = LoraWeights(name=spec.token.strip("<>"), layers=layers, concept=concept, meta=meta)
     return LoraResult(lora=lora, losses=losses, seconds=time.perf_counter() - t0)
+
+
+def _prior_images(model, spec: LoraSpec, attributes, rng: random.Random):
+    """``spec.prior_images`` renders by the original model of the initializer word, captioned like the training
+    images (Tiny World: the same attribute words; other models: the templates)."""
+    from studio.controllers.generate import model_defaults
+    from studio.engine import GenerationRequest
+
+    from .training import caption, image_attributes
+
+    if spec.prior_images <= 0:
+        return [], None
+    engine, images = Engine(model), []
+    defaults = model_defaults(model)
+    for i in range(spec.prior_images):
+        attrs = attributes[i % len(attributes)] if attributes else None
+        request = GenerationRequest(prompt=caption(spec.init_word, attrs, rng), steps=min(20, defaults.steps),
+                                    cfg=defaults.cfg, sampler=defaults.sampler, seed=spec.seed * 1000 + i,
+                                    width=model.default_size, height=model.default_size)
+        images.append(engine.generate(request).images[0])
+    return images, image_attributes(model, images)
 
 
 def save_lora(lora: LoraWeights, path: Path, fmt: str = "diffusers") -> Path:

@@ -5,9 +5,9 @@ it, the frozen model denoises the images well. Per-stage inversion (ProSpect, Zh
 one used for a training sample chosen by the stage of its sampled timestep.
 
 Captions: on Tiny World the analyzer reads every training image's size, colour, place and background, so the
-captions say them ("a large red <ring> at the top left on a black background", each attribute kept with
-probability 0.75 per step, as Tiny World was trained) and the token learns the *shape* only, leaving colour, size
-and place to the prompt. Other models use prompt templates ("a photo of a <token>").
+captions say them ("a large red <ring> at the top left on a black background"; the colour always, every other
+attribute with probability 0.75 per step, as Tiny World was trained) and the token learns the *shape* only, leaving
+colour, size and place to the prompt. Other models use prompt templates ("a photo of a <token>").
 
 Only the new vectors get gradients (``torch.autograd.grad`` with respect to them): nothing accumulates on the
 shared model. Training checkpoints every ``checkpoint_every`` steps (atomically) and resumes from the checkpoint.
@@ -123,7 +123,8 @@ def caption(token: str, attributes: dict | None, rng: random.Random) -> str:
     """A training caption naming ``token`` (see the module docstring)."""
     if attributes is None:
         return rng.choice(TEMPLATES).format(token)
-    keep = {k: v for k, v in attributes.items() if rng.random() < KEEP_PROBABILITY}
+    # the colour is always said: two training colours would otherwise blend into the token (a purple "ring")
+    keep = {k: v for k, v in attributes.items() if k == "colour" or rng.random() < KEEP_PROBABILITY}
     words = [keep[k] for k in ("size", "colour") if k in keep] + [token]
     text = ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
     if "position" in keep:
