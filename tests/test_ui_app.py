@@ -34,7 +34,8 @@ def test_title_tabs_and_key_elements(demo):
 
     assert TITLE == "Controllable Diffusion Studio" and demo.title == TITLE
     tabs = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
-    assert tabs == ["Generate", "Attributes", "Composition", "Editing", "Inspection", "History"]  # no placeholder tabs
+    assert tabs == ["Generate", "Attributes", "Composition", "Editing", "Inspection", "Personalization",
+                    "History"]  # no placeholder tabs
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"prompt", "negative_prompt", "sampler", "steps", "cfg", "seed", "width", "height", "batch_size",
             "generate", "stop", "preview", "progress", "gallery", "status", "examples", "settings_file",
@@ -49,10 +50,12 @@ def test_model_bound_events_share_one_queue_of_one(demo):
     assert all(fn.concurrency_limit == 1 for fn in gpu)
     assert {fn.name for fn in gpu} == {"generate", "render", "render_draft", "sweep", "save", "compose", "blend",
                                        "run", "show_step", "branch", "classify", "information", "prompt_to_prompt",
-                                       "concept_apply", "concept_load", "concept_compare", "invert"}
+                                       "concept_apply", "concept_load", "concept_compare", "invert", "render"}
     for fn in demo.fns.values():  # everything else is light and never waits behind a run
         if fn.concurrency_id == "learn":  # direction learning takes the model's lock one step at a time
             assert fn.name == "learn"
+        elif fn.concurrency_id == "train":  # so does concept training (one at a time)
+            assert fn.name == "train" and fn.concurrency_limit == 1
         elif fn.concurrency_id != "gpu":
             assert fn.concurrency_id == "light" and fn.concurrency_limit is None, fn.name
     assert "stop" in fns and fns["stop"].queue

@@ -34,7 +34,6 @@ import copy
 import hashlib
 import json
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -286,7 +285,8 @@ def edited_copy(model, delta: ConceptDelta):
     """A :class:`~studio.models.LoadedModel` like ``model`` whose ``delta.targets`` weights are ``W @ right``.
 
     Only the edited modules' weights are new tensors; every other parameter and buffer is shared with ``model``
-    (which is left untouched). The copy has its own run lock and a weights hash of its own."""
+    (which is left untouched). The copy has a weights hash of its own and shares the run lock (and so is serialised
+    with runs on the original, whose UNet or text encoder it shares)."""
     # 1. check the delta fits
     if delta.model_hash != model.weights_hash:
         raise ConceptDeltaError(f"this edit was made on a model with weights {delta.model_hash}, not "
@@ -311,7 +311,7 @@ def edited_copy(model, delta: ConceptDelta):
     # 3. the copy as a model of its own
     digest = hashlib.sha256(f"{model.weights_hash}:{delta.digest}".encode()).hexdigest()[:12]
     return replace(model, **{delta.component: clone}, weights_hash=digest,
-                   name=f"{model.name} + concept edit ({delta.spec.describe()})", run_lock=threading.RLock())
+                   name=f"{model.name} + concept edit ({delta.spec.describe()})")
 
 
 # ----------------------------------------------------------------------------- delta files

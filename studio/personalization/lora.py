@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -198,7 +197,7 @@ def apply_loras(model, loras: list[tuple[LoraWeights, float]]):
             module.weight = torch.nn.Parameter(merged.to(w.dtype), requires_grad=False)
         changes[component] = clone
     digest = hashlib.sha256((model.weights_hash + "".join(f"{lo.digest()}*{s}" for lo, s in loras)).encode())
-    out = replace(model, **changes, weights_hash=digest.hexdigest()[:12], run_lock=threading.RLock())
+    out = replace(model, **changes, weights_hash=digest.hexdigest()[:12])
     concepts = [lo.concept for lo, _ in loras if lo.concept is not None]
     return personalized_copy(out, concepts) if concepts else out
 

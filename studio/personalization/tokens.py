@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-import threading
 from dataclasses import dataclass, replace
 
 import torch
@@ -171,8 +170,8 @@ def personalized_copy(model, concepts: list[LearnedConcept]):
     encoder = _shared_copy(model.text_encoder, model.run_lock)
     encoder.set_input_embeddings(ExtendedEmbedding(base_emb, extra))
     digest = hashlib.sha256((model.weights_hash + "".join(c.digest() for c in concepts)).encode()).hexdigest()[:12]
-    return replace(model, text_encoder=encoder, tokenizer=ExpandingTokenizer(own, expansions), weights_hash=digest,
-                   run_lock=threading.RLock())
+    # the run lock is shared: the copy's UNet is the model's, so runs on either must not interleave
+    return replace(model, text_encoder=encoder, tokenizer=ExpandingTokenizer(own, expansions), weights_hash=digest)
 
 
 def _shared_copy(module: torch.nn.Module, lock) -> torch.nn.Module:

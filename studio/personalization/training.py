@@ -193,10 +193,11 @@ def train_concept(model, images, spec: TrainingSpec, *, cancel: CancelToken | No
     result = TrainingResult(concept=None, resumed_from=start_step)  # type: ignore[arg-type]
     tok = working.tokenizer
     limit = int(tok.model_max_length)
-    # 4. the loop: gradients reach the vectors only
-    with model.run_lock:
-        try:
-            for step in range(start_step, spec.steps):
+    # 4. the loop: gradients reach the vectors only. The model's lock is taken one step at a time (runs of other
+    #    sessions install attention processors on the shared UNet under it), so training never blocks the queue
+    try:
+        for step in range(start_step, spec.steps):
+            with model.run_lock:
                 if cancel is not None and cancel.cancelled:
                     raise Cancelled(f"training stopped at step {step}")
                 index = torch.randint(0, len(pictures), (spec.batch_size,), generator=generator)
@@ -232,8 +233,8 @@ def train_concept(model, images, spec: TrainingSpec, *, cancel: CancelToken | No
                     image = preview(model, _concept(spec, learned, done, model), spec.preview_prompt, spec.seed)
                     result.previews.append((done, image))
                     on_preview(image, done)
-        finally:
-            embedding.override = None
+    finally:
+        embedding.override = None
     result.concept = _concept(spec, learned, spec.steps, model)
     result.losses = losses
     result.seconds = time.perf_counter() - t0

@@ -22,6 +22,7 @@ from .editing_tab import EditingHandlers, EditingSession, build_editing_tab
 from .generate_tab import GenerateHandlers, build_generate_tab
 from .history_tab import GENERATE_TAB_ID, HISTORY_TAB_ID, HistoryHandlers, build_history_tab
 from .inspection_tab import InspectionHandlers, InspectionSession, build_inspection_tab
+from .personalization_tab import PersonalizationHandlers, PersonalizationSession, build_personalization_tab
 from .session import SessionState
 
 TITLE = "Controllable Diffusion Studio"
@@ -34,6 +35,8 @@ CSS = """
 #attr_image img, #attr_zero img { width: 100%; height: 100%; object-fit: contain; }
 #compose_image img, #compose_mono img, #blend_gallery img { image-rendering: pixelated; }
 #compose_image img, #compose_mono img { width: 100%; height: 100%; object-fit: contain; }
+#pers_images img, #pers_preview img, #pers_result img { image-rendering: pixelated; }
+#pers_preview img, #pers_result img { width: 100%; height: 100%; object-fit: contain; }
 #edit_source img, #edit_result img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 #edit_mask canvas { image-rendering: pixelated; }
 #inspect_image img, #inspect_attention img, #inspect_xt img, #inspect_x0 img, #inspect_decomposition img,
@@ -94,6 +97,14 @@ def build_app(model, outputs_dir, *, examples_path=None, controller=None, store=
     inspection_handlers = InspectionHandlers(InspectionController(model, generator=controller), outputs_dir,
                                              attributes=attributes_handlers.controller)
 
+    from studio.controllers.personalize import PersonalizationController
+    from studio.personalization.library import ConceptLibrary
+
+    personal = Path(outputs_dir) / "personalization"
+    personalization_handlers = PersonalizationHandlers(
+        PersonalizationController(model, generator=controller, checkpoints=personal / "checkpoints"),
+        ConceptLibrary(personal / "library"))
+
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         state = gr.State(SessionState(), delete_callback=SessionState.close)
         name = getattr(model, "name", "model")
@@ -115,6 +126,10 @@ def build_app(model, outputs_dir, *, examples_path=None, controller=None, store=
             with gr.Tab("Inspection", id="inspection", elem_id="tab_inspection"):
                 inspection_state = gr.State(InspectionSession(), delete_callback=InspectionSession.close)
                 build_inspection_tab(inspection_handlers, inspection_state)
+            with gr.Tab("Personalization", id="personalization", elem_id="tab_personalization"):
+                personalization_state = gr.State(PersonalizationSession(),
+                                                 delete_callback=PersonalizationSession.close)
+                build_personalization_tab(personalization_handlers, personalization_state)
             with gr.Tab("History", id=HISTORY_TAB_ID, elem_id="tab_history") as history_tab:
                 build_history_tab(history_handlers, state, generate_tab, tabs, history_tab)
     demo.queue(default_concurrency_limit=1, max_size=64)
