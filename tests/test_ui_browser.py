@@ -484,3 +484,40 @@ def test_concept_edit_in_the_browser_is_this_session_only(studio, browser):
     finally:
         mine.close()
         theirs.close()
+
+
+def test_personalization_training_in_the_browser(studio, browser, tmp_path):
+    """Upload three images, start a textual-inversion run, watch its progress bar move, Stop it: the status says it
+    stopped and can resume; nothing was learned into the session."""
+    url, _ = studio
+    from PIL import Image
+
+    files = []
+    for i in range(3):
+        im = Image.new("RGB", (64, 64), (20, 20, 20))
+        im.paste((220, 40 + 60 * i, 40), (16, 16, 44, 44))
+        files.append(tmp_path / f"img{i}.png")
+        im.save(files[-1])
+    context, page = open_studio(browser, url)
+    try:
+        page.get_by_role("tab", name="Personalization").click()
+        page.wait_for_selector("#pers_run", state="visible")
+        page.locator("#pers_images input[type=file]").set_input_files([str(f) for f in files])
+        wait_until(lambda: page.locator("#pers_images img").count() >= 3, 60, "the uploaded images")
+        set_number(page, "pers_steps", 400)
+        page.click("#pers_run")
+
+        def step():
+            found = page.locator("#pers_progress .studio-progress").get_attribute("data-step")
+            return int(found or 0)
+
+        wait_until(lambda: step() >= 2, RUN_TIMEOUT, "training progress")
+        first = step()
+        wait_until(lambda: step() > first, 60, "the progress bar to move")
+        screenshot_if_asked(page, "personalization-training")
+        page.click("#pers_stop")
+        wait_until(lambda: "stopped" in page.inner_text("#pers_status"), 60, "the stop")
+        assert "resume" in page.inner_text("#pers_status")
+        assert "Traceback" not in page.inner_text("body")
+    finally:
+        context.close()
