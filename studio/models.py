@@ -136,6 +136,18 @@ def from_pipeline(pipe, name: str = "custom") -> LoadedModel:
                  preview_json=preview, device=pipe.unet.device, dtype=pipe.unet.dtype)
 
 
+def copy_sharing_tensors(module: torch.nn.Module, lock, *, fresh_weights=()) -> torch.nn.Module:
+    """A copy of ``module``'s tree that shares every parameter and buffer with it, except the ``weight`` of each
+    module in ``fresh_weights`` (the copy may replace those). Model copies owned by one session (concept edits,
+    learned tokens, merged LoRAs) are made this way: the shared model is never modified and costs no memory twice."""
+    import copy
+
+    fresh = {id(m.weight) for m in fresh_weights}
+    memo = {id(t): t for t in list(module.parameters()) + list(module.buffers()) if id(t) not in fresh}
+    with lock:
+        return copy.deepcopy(module, memo)
+
+
 def as_pipeline(model: LoadedModel, scheduler):
     """A ``StableDiffusionPipeline`` sharing ``model``'s modules (for comparisons and
     benchmarks). No safety checker."""

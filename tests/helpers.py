@@ -70,3 +70,14 @@ def tiny_pipeline(family: str = "sd1", seed: int | None = None):
     pipe = StableDiffusionPipeline(**tiny_sd_components(family, seed))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    """sha256 over a module's state (names and bytes): equal fingerprints mean bit-identical weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -3,7 +3,6 @@ shared model left untouched, delta files, session isolation in the tab, the CLI;
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import replace
@@ -20,18 +19,12 @@ from studio.editing.concepts import (
 from studio.engine import GenerationRequest, InvalidRequest
 from studio.outputs import read_image_settings
 
+from tests.helpers import fingerprint
+
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 BASE = GenerationRequest(prompt="a red circle", steps=3, cfg=5.0, seed=3)
 TEMPLATES = ("{concept}", "a {concept}", "a photo of a {concept}", "a red {concept} on the left")
-
-
-def fingerprint(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def spec(method="uce", **over):

@@ -4,7 +4,6 @@ Structure on the tiny random SD model."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import replace
@@ -24,17 +23,11 @@ from studio.personalization.prospect import stage_prompts
 from studio.personalization.tokens import LearnedConcept, personalized_copy
 from studio.personalization.training import TrainingSpec, caption
 
+from tests.helpers import fingerprint
+
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 BASE = GenerationRequest(prompt="a <ring> on a table", steps=3, cfg=5.0, seed=3)
-
-
-def fingerprint(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def images(n=3):

@@ -30,7 +30,6 @@ model is never modified, and reverting is dropping the copy.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -298,10 +297,9 @@ def edited_copy(model, delta: ConceptDelta):
             raise ConceptDeltaError(f"{name} takes {module.weight.shape[1]} inputs but the edit is "
                                     f"{delta.right.shape[0]}-dimensional; it was made for another model")
     # 2. copy the module tree, sharing every tensor except the edited weights
-    edited = {id(m.weight) for m in modules}
-    memo = {id(t): t for t in list(root.parameters()) + list(root.buffers()) if id(t) not in edited}
-    with model.run_lock:
-        clone = copy.deepcopy(root, memo)
+    from studio.models import copy_sharing_tensors
+
+    clone = copy_sharing_tensors(root, model.run_lock, fresh_weights=modules)
     right = delta.right.to(torch.float64)
     for name in delta.targets:
         module = clone.get_submodule(name)

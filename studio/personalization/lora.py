@@ -18,7 +18,6 @@ writes is a diffusers LoRA plus the token's vector (``studio.token.<name>``) and
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import random
 import time
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from studio.engine import Cancelled, CancelToken, Engine, InvalidRequest, make_scheduler
+from studio.models import copy_sharing_tensors
 
 from .tokens import LearnedConcept, personalized_copy, token_id
 
@@ -186,10 +186,7 @@ def apply_loras(model, loras: list[tuple[LoraWeights, float]]):
         if not targets:
             continue
         root = getattr(model, component)
-        edited = {id(root.get_submodule(p).weight) for p in targets}
-        memo = {id(t): t for t in list(root.parameters()) + list(root.buffers()) if id(t) not in edited}
-        with model.run_lock:
-            clone = copy.deepcopy(root, memo)
+        clone = copy_sharing_tensors(root, model.run_lock, fresh_weights=[root.get_submodule(p) for p in targets])
         for module_path, delta in targets.items():
             module = clone.get_submodule(module_path)
             w = module.weight
@@ -248,7 +245,9 @@ def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = No
     """DreamBooth-style LoRA on the UNet's attention projections of a private copy, plus the token's embedding."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    from .training import TrainingSpec, caption, image_attributes, initial_vectors, prepare_images
+    from .training import (
+        TrainingSpec, caption, caption_ids, image_attributes, initial_vectors, noised, prepare_images,
+    )
 
     t0 = time.perf_counter()
     # 1. validate, images, latents, captions
@@ -266,9 +265,7 @@ def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = No
     latents, prior_latents = all_latents[:len(pictures)], all_latents[len(pictures):]
     # 2. a copy with the token, and a UNet copy (sharing every base tensor) carrying peft adapters
     working = personalized_copy(model, [LearnedConcept(spec.token, vectors, init_word=spec.init_word)])
-    memo = {id(t): t for t in list(model.unet.parameters()) + list(model.unet.buffers())}
-    with model.run_lock:
-        unet = copy.deepcopy(model.unet, memo)
+    unet = copy_sharing_tensors(model.unet, model.run_lock)
     config = LoraConfig(r=spec.rank, lora_alpha=spec.rank, target_modules=list(TARGETS), init_lora_weights=True)
     unet = inject_adapter_in_model(config, unet)
     lora_params = [p for n, p in unet.named_parameters() if "lora_" in n]
@@ -296,15 +293,11 @@ def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = No
                 prior_index = torch.randint(0, max(1, len(priors)), (n_prior,), generator=generator)
                 x0 = torch.cat([latents[index], prior_latents[prior_index]]) if n_prior else latents[index]
                 t = torch.randint(0, n_train, (spec.batch_size,), generator=generator)
-                noise = torch.randn(x0.shape, generator=generator)
-                a = table[t].view(-1, 1, 1, 1)
-                noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-                target = noise if model.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+                noisy, target = noised(x0, t, table, generator, model.prediction_type)
                 texts = [caption(spec.token, attributes[i] if attributes else None, rng) for i in index.tolist()]
                 texts += [caption(spec.init_word, prior_attrs[i] if prior_attrs else None, rng)
                           for i in prior_index.tolist()[:n_prior]]
-                ids = tok(texts, padding="max_length", max_length=int(tok.model_max_length), truncation=True,
-                          return_tensors="pt").input_ids.to(model.device)
+                ids = caption_ids(tok, texts, model.device)
                 weights = torch.tensor([1.0] * len(index) + [spec.prior_weight] * n_prior).view(-1, 1, 1, 1)
                 with torch.enable_grad():
                     embedding.override = (tid, learned[[0] * spec.batch_size].to(model.dtype))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from studio.engine import InvalidRequest
+from studio.models import copy_sharing_tensors
 
 TOKEN_PATTERN = re.compile(r"^<[a-z0-9][a-z0-9_\-]{0,30}>$")
 KINDS = ("textual-inversion", "prospect")
@@ -167,17 +168,11 @@ def personalized_copy(model, concepts: list[LearnedConcept]):
     rows = [prior_extra] if prior_extra is not None else []
     rows += [c.vectors.detach().to(base_emb.weight.dtype) for c in concepts]
     extra = torch.cat(rows) if rows else torch.zeros(0, dim)
-    encoder = _shared_copy(model.text_encoder, model.run_lock)
+    encoder = copy_sharing_tensors(model.text_encoder, model.run_lock)
     encoder.set_input_embeddings(ExtendedEmbedding(base_emb, extra))
     digest = hashlib.sha256((model.weights_hash + "".join(c.digest() for c in concepts)).encode()).hexdigest()[:12]
     # the run lock is shared: the copy's UNet is the model's, so runs on either must not interleave
     return replace(model, text_encoder=encoder, tokenizer=ExpandingTokenizer(own, expansions), weights_hash=digest)
-
-
-def _shared_copy(module: torch.nn.Module, lock) -> torch.nn.Module:
-    memo = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
-    with lock:
-        return copy.deepcopy(module, memo)
 
 
 def token_id(model, token: str) -> int:

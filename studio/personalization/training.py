@@ -137,6 +137,21 @@ def caption(token: str, attributes: dict | None, rng: random.Random) -> str:
 # ----------------------------------------------------------------------------- training
 
 
+def noised(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, generator: torch.Generator,
+           prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps`` at timesteps ``t`` and the UNet's training target there (eps,
+    or v for v-prediction models)."""
+    noise = torch.randn(x0.shape, generator=generator)
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    return noisy, noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
+def caption_ids(tokenizer, texts: list[str], device) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=int(tokenizer.model_max_length), truncation=True,
+                     return_tensors="pt").input_ids.to(device)
+
+
 def initial_vectors(model, spec: TrainingSpec) -> torch.Tensor:
     ids = model.tokenizer(spec.init_word.strip(), add_special_tokens=False).input_ids
     if not ids:
@@ -192,7 +207,6 @@ def train_concept(model, images, spec: TrainingSpec, *, cancel: CancelToken | No
     generator = torch.Generator().manual_seed(spec.seed * 1_000_003 + start_step)
     result = TrainingResult(concept=None, resumed_from=start_step)  # type: ignore[arg-type]
     tok = working.tokenizer
-    limit = int(tok.model_max_length)
     # 4. the loop: gradients reach the vectors only. The model's lock is taken one step at a time (runs of other
     #    sessions install attention processors on the shared UNet under it), so training never blocks the queue
     try:
@@ -202,14 +216,9 @@ def train_concept(model, images, spec: TrainingSpec, *, cancel: CancelToken | No
                     raise Cancelled(f"training stopped at step {step}")
                 index = torch.randint(0, len(pictures), (spec.batch_size,), generator=generator)
                 t = torch.randint(0, n_train, (spec.batch_size,), generator=generator)
-                noise = torch.randn(latents[index].shape, generator=generator)
-                a = table[t].view(-1, 1, 1, 1)
-                noisy = a.sqrt() * latents[index] + (1 - a).sqrt() * noise
-                target = noise if model.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * \
-                    latents[index]
+                noisy, target = noised(latents[index], t, table, generator, model.prediction_type)
                 texts = [caption(train_token, attributes[i] if attributes else None, rng) for i in index.tolist()]
-                ids = tok(texts, padding="max_length", max_length=limit, truncation=True,
-                          return_tensors="pt").input_ids.to(model.device)
+                ids = caption_ids(tok, texts, model.device)
                 rows = [stage_of_timestep(float(x), n_train) - 1 for x in t] if kind == "prospect" \
                     else [0] * spec.batch_size
                 with torch.enable_grad():
