@@ -474,7 +474,6 @@ def test_concept_edit_in_the_browser_is_this_session_only(studio, browser):
         wait_until(lambda: "rendered before/after" in page.inner_text("#edit_concept_status"), RUN_TIMEOUT,
                    "the before/after render")
         assert page.locator("#edit_concept_gallery img").count() >= 2
-        screenshot_if_asked(page, "concept-edit")
         other.click("#edit_concept_compare")
         wait_until(lambda: "apply or load a concept edit first" in other.inner_text("#edit_concept_status"), 30,
                    "the other session's refusal")
@@ -514,7 +513,6 @@ def test_personalization_training_in_the_browser(studio, browser, tmp_path):
         wait_until(lambda: step() >= 2, RUN_TIMEOUT, "training progress")
         first = step()
         wait_until(lambda: step() > first, 60, "the progress bar to move")
-        screenshot_if_asked(page, "personalization-training")
         page.click("#pers_stop")
         wait_until(lambda: "stopped" in page.inner_text("#pers_status"), 60, "the stop")
         assert "resume" in page.inner_text("#pers_status")
