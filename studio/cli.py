@@ -120,6 +120,7 @@ class GenerateCommand:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GenerateCommand:
+        from studio.cli_personalize import parse_lora_arg, parse_stage_range
         # 1. composition files (their "prompt" is the default prompt), then prompts: exactly one source
         regions, feather, stages, file_prompt = read_composition_files(args.regions, args.stages)
         if args.prompt is not None and args.prompts_file is not None:
@@ -353,7 +354,9 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
                 model = apply_loras(model, [(load_lora(path, model), scale) for path, scale in cmd.loras])
             except (LoraFileError, InvalidRequest) as e:
                 raise UsageError(f"--lora: {e}") from None
-        uses = _concept_uses(cmd)
+        from studio.cli_personalize import concept_hooks, concept_uses
+
+        uses = concept_uses(cmd)
         if uses:
             from studio.personalization.tokens import personalized_copy
 
@@ -410,7 +413,7 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
                     paths = [getattr(s, "path", s) for s in outcome.saved]
                     seeds = [request.seed + i for i in range(request.batch_size)]
                 else:
-                    hooks, controls = _concept_hooks(model, request, uses, cmd.loras)
+                    hooks, controls = concept_hooks(model, request, uses, cmd.loras)
                     outcome = controller.with_store(saver).run(request, hooks=hooks, controls=controls)
                     paths, seeds = outcome.paths, outcome.seeds
                 for w in outcome.warnings:
@@ -492,66 +495,6 @@ def _quiet_libraries(enabled: bool) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- entry point
-
-def parse_stage_range(text: str) -> tuple[int, ...]:
-    """``"1-4"`` or ``"1,3,5-6"`` -> stage numbers in 1..10."""
-    try:
-        stages = parse_seeds(text)
-    except UsageError:
-        stages = ()
-    if not stages or any(not 1 <= k <= 10 for k in stages):
-        raise UsageError(f"--concept-stages must be stages in 1..10 like 1-4 or 1,3,5-6, got {text!r}")
-    return tuple(sorted(set(stages)))
-
-
-def parse_lora_arg(text: str) -> tuple[Path, float]:
-    """``FILE`` or ``FILE:SCALE`` (scale in -4..4, default 1)."""
-    path, scale = text, 1.0
-    head, sep, tail = text.rpartition(":")
-    if sep and head and not tail.startswith(("/", "\\")):
-        try:
-            path, scale = head, float(tail)
-        except ValueError:
-            path, scale = text, 1.0
-    if not Path(path).is_file():
-        raise UsageError(f"--lora {path}: no such file")
-    if not -4.0 <= scale <= 4.0:
-        raise UsageError(f"--lora scale must be in -4..4, got {scale}")
-    return Path(path), scale
-
-
-def _concept_uses(cmd: GenerateCommand) -> list:
-    if not cmd.embeddings:
-        return []
-    from studio.controllers.personalize import ConceptUse
-    from studio.personalization.formats import EmbeddingFileError, load_concept
-
-    uses = []
-    for path in cmd.embeddings:
-        try:
-            uses.append(ConceptUse(load_concept(path), cmd.concept_stages, cmd.concept_word))
-        except EmbeddingFileError as e:
-            raise UsageError(f"--embedding {path}: {e}") from None
-    return uses
-
-
-def _concept_hooks(model, request, uses: list, loras=()):
-    """(hooks, controls) for a request with learned concepts: a per-stage concept named in the prompt gets its
-    stage prompts; every image records the concepts."""
-    from studio.engine import RunHooks
-
-    hooks = RunHooks()
-    if not uses and not loras:
-        return hooks, None
-    from studio.personalization.prospect import prospect_edit
-
-    for u in uses:
-        if u.concept.kind == "prospect" and u.concept.token in request.prompt:
-            hooks.embedding_edits.append(prospect_edit(model, request.sampler, request.steps, request.prompt,
-                                                       u.concept, u.stages, u.replacement))
-    return hooks, {"personalization": {"concepts": [u.settings() for u in uses],
-                                       "loras": [{"file": Path(p).name, "scale": s} for p, s in loras]}}
-
 
 #: name -> function adding the subparser (which sets ``handler``)
 COMMANDS: dict[str, Callable] = {"generate": add_generate_parser}

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from studio.cli import PROG, Context, UsageError, _quiet_libraries, _rounded, read_image_arg
+from studio.cli import PROG, Context, UsageError, _quiet_libraries, _rounded, parse_seeds, read_image_arg
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -130,6 +130,69 @@ def cmd_personalize(args: argparse.Namespace, ctx: Context) -> int:
     else:
         print(f"{out}\n{spec.token}: {spec.steps} steps in {result.seconds:.1f} s", file=ctx.stdout)
     return 0
+
+
+# ----------------------------------------------------------------------------- generate --embedding / --lora
+
+
+def parse_stage_range(text: str) -> tuple[int, ...]:
+    """``"1-4"`` or ``"1,3,5-6"`` -> stage numbers in 1..10."""
+    try:
+        stages = parse_seeds(text)
+    except UsageError:
+        stages = ()
+    if not stages or any(not 1 <= k <= 10 for k in stages):
+        raise UsageError(f"--concept-stages must be stages in 1..10 like 1-4 or 1,3,5-6, got {text!r}")
+    return tuple(sorted(set(stages)))
+
+
+def parse_lora_arg(text: str) -> tuple[Path, float]:
+    """``FILE`` or ``FILE:SCALE`` (scale in -4..4, default 1)."""
+    path, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head and not tail.startswith(("/", "\\")):
+        try:
+            path, scale = head, float(tail)
+        except ValueError:
+            path, scale = text, 1.0
+    if not Path(path).is_file():
+        raise UsageError(f"--lora {path}: no such file")
+    if not -4.0 <= scale <= 4.0:
+        raise UsageError(f"--lora scale must be in -4..4, got {scale}")
+    return Path(path), scale
+
+
+def concept_uses(cmd: GenerateCommand) -> list:
+    if not cmd.embeddings:
+        return []
+    from studio.controllers.personalize import ConceptUse
+    from studio.personalization.formats import EmbeddingFileError, load_concept
+
+    uses = []
+    for path in cmd.embeddings:
+        try:
+            uses.append(ConceptUse(load_concept(path), cmd.concept_stages, cmd.concept_word))
+        except EmbeddingFileError as e:
+            raise UsageError(f"--embedding {path}: {e}") from None
+    return uses
+
+
+def concept_hooks(model, request, uses: list, loras=()):
+    """(hooks, controls) for a request with learned concepts: a per-stage concept named in the prompt gets its
+    stage prompts; every image records the concepts."""
+    from studio.engine import RunHooks
+
+    hooks = RunHooks()
+    if not uses and not loras:
+        return hooks, None
+    from studio.personalization.prospect import prospect_edit
+
+    for u in uses:
+        if u.concept.kind == "prospect" and u.concept.token in request.prompt:
+            hooks.embedding_edits.append(prospect_edit(model, request.sampler, request.steps, request.prompt,
+                                                       u.concept, u.stages, u.replacement))
+    return hooks, {"personalization": {"concepts": [u.settings() for u in uses],
+                                       "loras": [{"file": Path(p).name, "scale": s} for p, s in loras]}}
 
 
 if __name__ == "__main__":  # pragma: no cover
