@@ -403,7 +403,8 @@ def test_inspection_in_the_browser(studio, browser):
         page.click("#inspect_run")
         wait_until(lambda: "recorded 10 steps" in page.inner_text("#inspect_status"), RUN_TIMEOUT, "the inspection")
         wait_until(lambda: "step 10 / 10" in page.inner_text("#inspect_step_caption"), 60, "the last step's panels")
-        overlay = fetch_image(page, image_src(page, "inspect_attention"))
+        overlay_src = image_src(page, "inspect_attention")
+        overlay = fetch_image(page, overlay_src)
         assert overlay.size == (64, 64)
         wait_until(lambda: page.locator("#inspect_decomposition img").count() >= 4, 60, "the decomposition panels")
         wait_until(lambda: image_src(page, "inspect_cos_plot"), 60, "the cosine plot")
@@ -414,7 +415,9 @@ def test_inspection_in_the_browser(studio, browser):
         wait_until(lambda: "step 3 / 10" in page.inner_text("#inspect_step_caption"), 60, "the scrubbed step")
         assert image_src(page, "inspect_x0") != x0_last
         page.locator("#inspect_step_only input[type=checkbox]").check()
-        wait_until(lambda: "steps 2" in page.inner_text("#inspect_attention_status"), 60, "the one-step map")
+        # the status and the picture are separate outputs: wait for both before comparing
+        wait_until(lambda: "steps 2" in page.inner_text("#inspect_attention_status")
+                   and image_src(page, "inspect_attention") != overlay_src, 60, "the one-step map")
         single = fetch_image(page, image_src(page, "inspect_attention"))
         assert single.tobytes() != overlay.tobytes()
         assert "Traceback" not in page.inner_text("body")
