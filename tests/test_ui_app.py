@@ -56,6 +56,8 @@ def test_model_bound_events_share_one_queue_of_one(demo):
             assert fn.name == "learn"
         elif fn.concurrency_id == "train":  # so does concept training (one at a time)
             assert fn.name == "train" and fn.concurrency_limit == 1
+        elif fn.concurrency_id == "attention_view":  # attention map views apply in order, the newest last
+            assert fn.name == "attention_view" and fn.concurrency_limit == 1
         elif fn.concurrency_id != "gpu":
             assert fn.concurrency_id == "light" and fn.concurrency_limit is None, fn.name
     assert "stop" in fns and fns["stop"].queue

@@ -374,9 +374,12 @@ def build_inspection_tab(handlers: InspectionHandlers, state: gr.State) -> None:
     prompt.blur(handlers.words, inputs=[prompt, steps], outputs=[word], **light)
     scrub.release(handlers.show_step, inputs=[state, scrub], outputs=step_outputs, **gpu)
     scrub.input(handlers.show_step, inputs=[state, scrub], outputs=step_outputs, **gpu, trigger_mode="always_last")
+    # map views run one at a time, in order: in parallel a slow, older view (e.g. a scrub's aggregate map) could
+    # land after a newer one (the box just ticked) and overwrite it
+    view = dict(concurrency_limit=1, concurrency_id="attention_view", show_progress="hidden")
     for w in (word, opacity, resolution, layer, step_only):
-        w.change(handlers.attention_view, inputs=attn_inputs, outputs=[attn_image, attn_status], **light)
-    scrub.release(handlers.attention_view, inputs=attn_inputs, outputs=[attn_image, attn_status], **light)
+        w.change(handlers.attention_view, inputs=attn_inputs, outputs=[attn_image, attn_status], **view)
+    scrub.release(handlers.attention_view, inputs=attn_inputs, outputs=[attn_image, attn_status], **view)
     threshold.release(handlers.plots, inputs=[state, threshold], outputs=[norm_plot, cos_plot, plot_status], **light)
     branch_btn.click(handlers.branch, inputs=[state, scrub, branch_prompt, branch_cfg, branch_sampler,
                                               branch_attribute, branch_subject, branch_value],
