@@ -18,6 +18,7 @@ from studio.tinyworld.vocab import (
     BACKGROUNDS,
     HELD_OUT_SHAPES,
     PALETTE,
+    SIZE_JITTER,
     SIZES,
     TRAIN_SHAPES,
     all_words,
@@ -119,6 +120,49 @@ def test_caption_grammar_and_shares():
             styles["background"] += 1
     assert 0.07 <= styles["empty"] / 2000 <= 0.13
     assert styles["sparse"] > 50 and styles["no_position"] > 300 and styles["background"] > 800
+
+
+def test_partial_captions_mention_some_objects_and_no_background():
+    rng_plain, rng_zero = random.Random(3), random.Random(3)
+    counts = Counter()
+    for seed in range(1500):
+        s = generate_scene(seed)
+        # off (the shipped recipe): the very same captions as before the option existed
+        assert caption_for(s.background, s.objects, rng_plain) == caption_for(s.background, s.objects, rng_zero,
+                                                                                 partial=0.0)
+        cap = caption_for(s.background, s.objects, random.Random(seed), partial=1.0)
+        if not cap:
+            continue
+        mentioned = cap.count(" and ") + 1
+        if len(s.objects) == 1:
+            assert mentioned == 1
+            continue
+        counts["multi"] += 1
+        assert 1 <= mentioned < len(s.objects), cap  # a proper, non-empty subset
+        assert "background" not in cap, cap  # the background clause marks a complete caption
+        shapes = [w for w in cap.split() if w in TRAIN_SHAPES]
+        assert Counter(shapes) <= Counter(o.shape for o in s.objects), cap
+    assert counts["multi"] > 500
+
+
+def test_continuous_sizes_cover_each_size_words_range():
+    from studio.tinyworld.scenes import size_range
+    from studio.tinyworld.vocab import size_word
+
+    radii = {w: [] for w in SIZES}
+    for seed in range(600):
+        for o in generate_scene(seed, SceneSpec(continuous_sizes=True)).objects:
+            assert size_word(o.radius) == o.size  # the caption word is still the nearest size
+            radii[o.size].append(o.radius)
+    assert size_range("medium") == ((8 + 11) / 2, (11 + 15) / 2)
+    for word, rs in radii.items():
+        lo, hi = size_range(word)
+        assert lo <= min(rs) and max(rs) <= hi
+        if word not in ("tiny", "huge"):  # inner sizes fill their whole range, not just +-8%
+            assert max(rs) - min(rs) > 0.7 * (hi - lo), (word, min(rs), max(rs))
+    # off: radii stay within the jitter band
+    for o in generate_scene(11).objects:
+        assert abs(o.radius / SIZES[o.size] - 1) <= SIZE_JITTER + 1e-9
 
 
 def test_full_caption_names_everything():

@@ -9,6 +9,12 @@ Attributes are omitted at random the way people write, so "a circle" means a cir
 place. Caption styles (shares of the training captions):
   10% empty (for classifier-free guidance), 25% full (every attribute and the background),
   50% mixed (each attribute kept with probability 0.75), 15% sparse (shape plus at most one attribute).
+
+Partial captions (``partial > 0``, off in the shipped weights' recipe): a non-empty caption of a scene with two or
+more objects mentions, with probability ``partial``, only a random non-empty proper subset of its objects and never
+the background. Then "a red circle" means "a scene with a red circle in it", which is what composable diffusion
+(AND) and regional prompts assume of each part; a caption with its background clause still lists every object, so
+fully specified prompts keep meaning exactly that scene.
 """
 
 from __future__ import annotations
@@ -47,12 +53,16 @@ def full_caption(background: str, objects: Sequence, *, with_background: bool = 
     return text
 
 
-def caption_for(background: str, objects: Sequence, rng: random.Random) -> str:
+def caption_for(background: str, objects: Sequence, rng: random.Random, *, partial: float = 0.0) -> str:
     style = rng.choices(list(STYLE_WEIGHTS), weights=list(STYLE_WEIGHTS.values()))[0]
     if style == "empty":
         return ""
     order = list(objects)
     rng.shuffle(order)
+    # the draw happens only when partial captions are on, so recipes without them give the same captions as before
+    is_partial = partial > 0 and len(order) >= 2 and rng.random() < partial
+    if is_partial:
+        order = order[:rng.randint(1, len(order) - 1)]
     phrases = []
     for obj in order:
         if style == "full":
@@ -65,6 +75,6 @@ def caption_for(background: str, objects: Sequence, rng: random.Random) -> str:
         phrases.append(object_phrase(obj, **keep))
     text = " and ".join(phrases)
     with_bg = style == "full" or (style == "mixed" and rng.random() < KEEP_PROBABILITY)
-    if with_bg:
+    if with_bg and not is_partial:
         text += f" on a {background} background"
     return text

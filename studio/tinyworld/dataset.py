@@ -31,15 +31,17 @@ class TinyWorldData:
 
 
 def _scene_chunk(args) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
-    start, count, base_seed, tokenizer_path = args
+    start, count, base_seed, tokenizer_path, partial, continuous_sizes = args
     images = np.empty((count, 64, 64, 3), np.uint8)
     captions = []
+    spec = SceneSpec(shapes=TRAIN_SHAPES, continuous_sizes=continuous_sizes)
     for i in range(count):
         seed = base_seed + start + i
-        scene = generate_scene(seed, SceneSpec(shapes=TRAIN_SHAPES))
+        scene = generate_scene(seed, spec)
         images[i] = np.asarray(scene.image)
         rng = random.Random(seed * 7919 + 17)
-        captions.append([caption_for(scene.background, scene.objects, rng) for _ in range(CAPTIONS_PER_SCENE)])
+        captions.append([caption_for(scene.background, scene.objects, rng, partial=partial)
+                         for _ in range(CAPTIONS_PER_SCENE)])
     from .tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_path)
@@ -48,10 +50,13 @@ def _scene_chunk(args) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
     return images, captions, np.asarray(ids, np.int32).reshape(count, CAPTIONS_PER_SCENE, -1)
 
 
-def build_dataset(n_scenes: int, tokenizer_path: Path, *, base_seed: int = 0, workers: int = 2, progress=None) -> TinyWorldData:
-    """Draw n_scenes scenes (seeds base_seed..) and tokenize their caption variants, in worker processes."""
+def build_dataset(n_scenes: int, tokenizer_path: Path, *, base_seed: int = 0, workers: int = 2, progress=None,
+                  partial_captions: float = 0.0, continuous_sizes: bool = False) -> TinyWorldData:
+    """Draw n_scenes scenes (seeds base_seed..) and tokenize their caption variants, in worker processes
+    (``partial_captions``: see :mod:`.captions`; ``continuous_sizes``: see :class:`.scenes.SceneSpec`)."""
     chunk = 2000
-    jobs = [(s, min(chunk, n_scenes - s), base_seed, str(tokenizer_path)) for s in range(0, n_scenes, chunk)]
+    jobs = [(s, min(chunk, n_scenes - s), base_seed, str(tokenizer_path), float(partial_captions),
+             bool(continuous_sizes)) for s in range(0, n_scenes, chunk)]
     images, captions, token_ids = [], [], []
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
     try:

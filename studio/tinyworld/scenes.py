@@ -120,6 +120,20 @@ class SceneSpec:
 
     n_objects: int | None = None
     shapes: tuple[str, ...] = TRAIN_SHAPES  # shapes allowed when drawing at random
+    # radii drawn evenly over each size word's whole range (between the midpoints to its neighbours) instead of
+    # +-SIZE_JITTER around it, so the model sees every radius and a size slider has in-between sizes to land on
+    continuous_sizes: bool = False
+
+
+def size_range(size: str) -> tuple[float, float]:
+    """The radii whose nearest size word is ``size``: halfway to the neighbouring sizes (the ends keep the
+    jitter band)."""
+    values = sorted(SIZES.values())
+    r = SIZES[size]
+    k = values.index(r)
+    lo = (values[k - 1] + r) / 2 if k > 0 else r * (1 - SIZE_JITTER)
+    hi = (values[k + 1] + r) / 2 if k + 1 < len(values) else r * (1 + SIZE_JITTER)
+    return lo, hi
 
 
 def _place(rng: random.Random, r: float, placed: list[SceneObject]) -> tuple[float, float] | None:
@@ -151,7 +165,10 @@ def sample_objects(rng: random.Random, spec: SceneSpec = SceneSpec()) -> list[Sc
             size = rng.choice(list(SIZES))
             # later objects in crowded scenes get a smaller size when the big one does not fit
             for attempt_size in [size] + [s for s in SIZES if SIZES[s] < SIZES[size]][::-1]:
-                r = SIZES[attempt_size] * rng.uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER)
+                if spec.continuous_sizes:
+                    r = rng.uniform(*size_range(attempt_size))
+                else:
+                    r = SIZES[attempt_size] * rng.uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER)
                 centre = _place(rng, r, objects)
                 if centre:
                     colour = rng.choice(list(PALETTE))

@@ -56,6 +56,8 @@ class Recipe:
     checkpoint_every: int = 250
     seed: int = 1234
     cfg_default: float = 5.0
+    partial_captions: float = 0.0  # share of multi-object captions that mention only some objects (captions.py)
+    continuous_sizes: bool = False  # radii over each size word's whole range (scenes.SceneSpec)
 
     def __post_init__(self):
         noise_scheduler_config(self.prediction_type)  # raises a clear error for an unknown prediction type
@@ -113,7 +115,8 @@ def stage_data(work: Path, recipe: Recipe, workers: int) -> None:
     t0 = time.time()
     with tqdm(total=recipe.n_scenes, desc="data", unit="scene") as bar:
         data = ds.build_dataset(recipe.n_scenes, tokenizer_path, base_seed=recipe.seed * 1_000_003, workers=workers,
-                                progress=bar.update)
+                                progress=bar.update, partial_captions=recipe.partial_captions,
+                                continuous_sizes=recipe.continuous_sizes)
     ds.save_dataset(data, data_path)
     log.info("data: %d scenes in %.1fs", len(data), time.time() - t0)
 
@@ -179,7 +182,9 @@ def stage_vae(work: Path, recipe: Recipe, device: torch.device) -> None:
 
 
 @torch.no_grad()
-def stage_latents(work: Path, recipe: Recipe, device: torch.device) -> None:
+def stage_latents(work: Path, recipe: Recipe, device: torch.device, scaling_factor: float | None = None) -> None:
+    """Encode the data set with the trained VAE; ``scaling_factor`` (a fine-tune's, from the model it starts
+    from) is kept instead of refitted, so the UNet keeps seeing latents on the scale it was trained on."""
     out = work / "latents.pt"
     if out.exists():
         log.info("latents: %s exists, skipping", out)
@@ -193,7 +198,8 @@ def stage_latents(work: Path, recipe: Recipe, device: torch.device) -> None:
         x = _images_to_tensor(torch.from_numpy(data.images[i : i + 512]).to(device))
         means.append(vae.encode(x).latent_dist.mean.float().cpu())
     latents = torch.cat(means)
-    scaling_factor = float(1.0 / latents.std())
+    if scaling_factor is None:
+        scaling_factor = float(1.0 / latents.std())
     scaled = latents * scaling_factor
     # linear latent -> RGB (per latent pixel vs the 4x4-averaged image): cheap live previews
     sub = slice(0, min(len(data), 10_000))
@@ -403,6 +409,30 @@ def stage_export(work: Path, recipe: Recipe, out: Path) -> None:
 # ------------------------------------------------------------------------------------------------------ main
 
 
+def _keep_init_vae(work: Path, init_from: Path | None) -> float | None:
+    """A fine-tune from an exported folder keeps its VAE: write it as this run's ``vae_final.pt`` (unless a VAE
+    was trained here) and return its scaling factor; None otherwise."""
+    if init_from is None or not init_from.is_dir():
+        return None
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(init_from / "vae")
+    final = work / "vae_final.pt"
+    if not final.exists():
+        state = {k: v.float() for k, v in vae.state_dict().items()}
+        _save_atomic({"model": state, "step": 0, "from": str(init_from)}, final)
+        log.info("latents: VAE kept from %s", init_from)
+    return float(vae.config.scaling_factor)
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m studio.tinyworld.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -416,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                         "assets/tinyworld) instead of random")
     p.add_argument("--smoke", action="store_true", help="a few steps of every stage on a handful of scenes")
     for field, value in asdict(Recipe()).items():
-        p.add_argument("--" + field.replace("_", "-"), type=type(value), default=None)
+        p.add_argument("--" + field.replace("_", "-"), type=_flag if isinstance(value, bool) else type(value),
+                       default=None)
     args = p.parse_args(argv)
 
     overrides = {k: getattr(args, k) for k in asdict(Recipe()) if getattr(args, k) is not None}
@@ -462,7 +493,7 @@ def _run(args, p, recipe: Recipe, work: Path) -> int:
         elif name == "vae":
             stage_vae(work, recipe, device)
         elif name == "latents":
-            stage_latents(work, recipe, device)
+            stage_latents(work, recipe, device, _keep_init_vae(work, args.init_from))
         elif name == "unet":
             stage_unet(work, recipe, device, args.init_from)
         elif name == "export":
