@@ -120,6 +120,14 @@ def test_unet_stage_can_continue_from_the_shipped_folder(tmp_path):
     assert main(["--smoke", "--work-dir", str(work), "--workers", "1", "--stages", "data,vae,latents,unet",
                  "--unet-steps", "1", "--init-from", str(MODEL)]) == 0
     assert "initialised from" in (work / "train.log").read_text()
+    # without a vae stage, the fine-tune keeps the folder's VAE and its latent scale
+    kept = tmp_path / "kept"
+    assert main(["--smoke", "--work-dir", str(kept), "--workers", "1", "--stages", "data,latents,unet",
+                 "--unet-steps", "1", "--partial-captions", "0.3", "--continuous-sizes", "true",
+                 "--init-from", str(MODEL)]) == 0
+    shipped = json.loads((MODEL / "vae" / "config.json").read_text())["scaling_factor"]
+    assert torch.load(kept / "latents.pt")["scaling_factor"] == pytest.approx(shipped)
+    assert "VAE kept from" in (kept / "train.log").read_text()
     with pytest.raises(SystemExit, match="not an exported Tiny World folder"):
         main(["--smoke", "--work-dir", str(tmp_path / "other"), "--workers", "1", "--stages", "data,vae,latents,unet",
               "--init-from", str(tmp_path)])

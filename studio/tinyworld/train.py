@@ -410,14 +410,16 @@ def stage_export(work: Path, recipe: Recipe, out: Path) -> None:
 
 
 def _keep_init_vae(work: Path, init_from: Path | None) -> float | None:
-    """A fine-tune from an exported folder keeps its VAE: write it as this run's ``vae_final.pt`` (unless a VAE
-    was trained here) and return its scaling factor; None otherwise."""
-    if init_from is None or not init_from.is_dir():
-        return None
+    """A fine-tune from an exported folder keeps its VAE: unless a VAE was trained in this work dir, write the
+    folder's as ``vae_final.pt`` and return its scaling factor (None: refit the scale as usual)."""
+    if init_from is None or not (init_from / "vae" / "config.json").is_file():
+        return None  # not a folder: the unet stage explains what --init-from needs
+    final = work / "vae_final.pt"
+    if final.exists() and "from" not in torch.load(final, map_location="cpu"):
+        return None  # trained here
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(init_from / "vae")
-    final = work / "vae_final.pt"
     if not final.exists():
         state = {k: v.float() for k, v in vae.state_dict().items()}
         _save_atomic({"model": state, "step": 0, "from": str(init_from)}, final)
