@@ -108,6 +108,7 @@ class GenerateCommand:
     verbose: bool
     regions: tuple = ()  # studio.composition.Region, from --regions FILE
     feather: float = 0.05
+    region_mode: str = "add"
     stages: tuple = ()  # studio.composition.StagePrompt, from --stages FILE
     embeddings: tuple[Path, ...] = ()  # learned concepts (diffusers or A1111 .safetensors)
     loras: tuple[tuple[Path, float], ...] = ()
@@ -122,7 +123,7 @@ class GenerateCommand:
     def from_args(cls, args: argparse.Namespace) -> GenerateCommand:
         from studio.cli_personalize import parse_lora_arg, parse_stage_range
         # 1. composition files (their "prompt" is the default prompt), then prompts: exactly one source
-        regions, feather, stages, file_prompt = read_composition_files(args.regions, args.stages)
+        regions, feather, region_mode, stages, file_prompt = read_composition_files(args.regions, args.stages)
         if args.prompt is not None and args.prompts_file is not None:
             raise UsageError("--prompt and --prompts-file are mutually exclusive; give one prompt or one file")
         if args.prompt is None and args.prompts_file is None and file_prompt is None:
@@ -164,7 +165,7 @@ class GenerateCommand:
                   out_dir=Path(args.out_dir) if args.out_dir is not None else None,
                   history=Path(args.history) if args.history is not None else None,
                   as_json=args.json, verbose=args.verbose, regions=regions, feather=feather, stages=stages,
-                  embeddings=tuple(Path(e) for e in args.embedding),
+                  region_mode=region_mode, embeddings=tuple(Path(e) for e in args.embedding),
                   concept_stages=parse_stage_range(args.concept_stages), concept_word=args.concept_word or "",
                   loras=tuple(parse_lora_arg(a) for a in args.lora))
         for path in cmd.embeddings:
@@ -188,22 +189,23 @@ class GenerateCommand:
 
 
 def read_composition_files(regions_path: str | None, stages_path: str | None):
-    """``(regions, feather, stages, prompt)`` from ``--regions`` / ``--stages`` files (schemas in the README)."""
+    """``(regions, feather, region_mode, stages, prompt)`` from ``--regions`` / ``--stages`` files (schemas in the
+    README)."""
     if regions_path is None and stages_path is None:
-        return (), 0.05, (), None
+        return (), 0.05, "add", (), None
     from studio.composition import load_regions, load_stages
     from studio.engine import InvalidRequest
 
-    regions, feather, stages, prompt = (), 0.05, (), None
+    regions, feather, mode, stages, prompt = (), 0.05, "add", (), None
     try:
         if regions_path is not None:
-            regions, feather, prompt = load_regions(regions_path)
+            regions, feather, prompt, mode = load_regions(regions_path)
         if stages_path is not None:
             stages, stage_prompt = load_stages(stages_path)
             prompt = prompt if prompt is not None else stage_prompt
     except InvalidRequest as e:
         raise UsageError(str(e)) from None
-    return regions, feather, stages, prompt
+    return regions, feather, mode, stages, prompt
 
 
 def read_prompts_file(path: str) -> tuple[str, ...]:
@@ -284,9 +286,9 @@ def add_generate_parser(sub) -> None:
     what.add_argument("--prompts-file", metavar="FILE",
                       help="text file, one prompt per line (blank lines and lines starting with # are skipped)")
     what.add_argument("--regions", metavar="FILE.json",
-                      help='regional prompts: {"prompt": optional global prompt, "feather": 0.05, "regions": '
-                           '[{"prompt": "...", "box": [x0, y0, x1, y1], "weight": 1}]} (box in fractions, origin '
-                           'top left)')
+                      help='regional prompts: {"prompt": optional global prompt, "feather": 0.05, "mode": "add" | '
+                           '"average", "regions": [{"prompt": "...", "box": [x0, y0, x1, y1], "weight": 1}]} (box in '
+                           'fractions, origin top left)')
     what.add_argument("--stages", metavar="FILE.json",
                       help='per-stage prompts: {"prompt": optional, "stages": [{"from": 1, "to": 3, "prompt": '
                            '"..."}]} (10 stages in sampling order: 1 = first, noisiest steps)')
@@ -385,7 +387,7 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
                 controller.validate(request)
                 if cmd.regions or cmd.stages:
                     composer.prepare(CompositionRequest(request, regions=cmd.regions, feather=cmd.feather,
-                                                        stages=cmd.stages))
+                                                        region_mode=cmd.region_mode, stages=cmd.stages))
         except InvalidRequest as e:
             raise UsageError(f"{e} (model {cmd.model})") from None
         _check_unique_names(jobs)
@@ -408,7 +410,8 @@ def cmd_generate(args: argparse.Namespace, ctx: Context) -> int:
                 saver = FileSaver(path_for, history=history)
                 if cmd.regions or cmd.stages:
                     outcome = composer.with_store(saver).compose(
-                        CompositionRequest(request, regions=cmd.regions, feather=cmd.feather, stages=cmd.stages),
+                        CompositionRequest(request, regions=cmd.regions, feather=cmd.feather,
+                                           region_mode=cmd.region_mode, stages=cmd.stages),
                         save=True)
                     paths = [getattr(s, "path", s) for s in outcome.saved]
                     seeds = [request.seed + i for i in range(request.batch_size)]

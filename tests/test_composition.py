@@ -51,10 +51,12 @@ def test_region_validation_messages():
         check_regions(HALVES, 0.9)
 
 
-def test_regional_guidance_arithmetic_and_crops():
-    """Hand computation: global CFG prediction weighted 1, each region's crop prediction weighted by its mask."""
+@pytest.mark.parametrize("mode", ["average", "add"])
+def test_regional_guidance_arithmetic_and_crops(mode):
+    """Hand computation. average: global CFG prediction weighted 1, each region's crop prediction weighted by its
+    mask. add: the global CFG prediction plus each region's guidance (cfg * (cond - uncond)) inside its mask."""
     guidance = RegionalGuidance(HALVES, torch.stack([torch.full((3, 2), 1.0), torch.full((3, 2), 2.0)]),
-                                feather=0.0, multiple=2)
+                                feather=0.0, multiple=2, mode=mode)
     assert guidance.crop(HALVES[0], 4, 4) == (0, 4, 0, 2) and guidance.crop(HALVES[1], 4, 4) == (0, 4, 2, 4)
     u, c = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)
     calls = []
@@ -68,9 +70,12 @@ def test_regional_guidance_arithmetic_and_crops():
                       embeds={"uncond": torch.zeros(1, 3, 2), "cond": torch.ones(1, 3, 2)}, denoise=denoise)
     out = guidance.combine_step(ctx)
     assert calls == [(4, 1, 4, 2)]  # both half crops in one call: [uncond x2, region x2]
-    # left: (global 2 + region 0 + 2 * 10) / 2 = 11; right: (2 + 2 * 20) / 2 = 21
-    assert torch.allclose(out[..., :2], torch.full((1, 1, 4, 2), 11.0))
-    assert torch.allclose(out[..., 2:], torch.full((1, 1, 4, 2), 21.0))
+    # global CFG: 0 + 2 * (1 - 0) = 2; region uncond 0, region cond 10 (left) and 20 (right)
+    left, right = (11.0, 21.0) if mode == "average" else (22.0, 42.0)  # average: (2 + 2 * 10) / 2; add: 2 + 2 * 10
+    assert torch.allclose(out[..., :2], torch.full((1, 1, 4, 2), left))
+    assert torch.allclose(out[..., 2:], torch.full((1, 1, 4, 2), right))
+    with pytest.raises(InvalidRequest, match="region mode must be one of"):
+        RegionalGuidance(HALVES, torch.zeros(2, 3, 2), mode="max")
 
 
 def test_regions_file_schema(tmp_path):
@@ -78,8 +83,12 @@ def test_regions_file_schema(tmp_path):
     path.write_text(json.dumps({"feather": 0.1, "regions": [{"prompt": "a red circle", "box": [0, 0, 0.5, 1]},
                                                             {"prompt": "a blue square", "box": [0.5, 0, 1, 1],
                                                              "weight": 2}]}))
-    regions, feather, prompt = load_regions(path)
+    regions, feather, prompt, mode = load_regions(path)
     assert regions[1] == Region("a blue square", 0.5, 0, 1, 1, weight=2) and feather == 0.1 and prompt is None
+    assert mode == "add"  # the default
+    path.write_text(json.dumps({"mode": "median", "regions": [{"prompt": "x", "box": [0, 0, 1, 1]}]}))
+    with pytest.raises(InvalidRequest, match="region mode must be one of add, average"):
+        load_regions(path)
     path.write_text(json.dumps({"regions": [{"prompt": "x", "box": [0, 0, 1]}]}))
     with pytest.raises(InvalidRequest, match=r"box must be \[x0, y0, x1, y1\]"):
         load_regions(path)
@@ -211,10 +220,12 @@ def test_saved_images_carry_the_composition(tiny_model, tmp_path):
 
 def form(**change):
     values = dict(negative="", seed=3, steps=4, cfg=5.0, compare=False, use_regions=False, feather=0.05,
+                  region_mode="add",
                   parts=["a red circle", 1.0, "a blue square", 1.0, "", 1.0, "", 1.0],
                   stages=["", 1, 3, "", 4, 6], regions=["", "0, 0, 0.5, 1", "", "0.5, 0, 1, 1", "", "0, 0, 1, 0.5"])
     values.update(change)
-    return [values[k] for k in ("negative", "seed", "steps", "cfg", "compare", "use_regions", "feather")] + \
+    return [values[k] for k in ("negative", "seed", "steps", "cfg", "compare", "use_regions", "feather",
+                                "region_mode")] + \
         values["parts"] + values["stages"] + values["regions"]
 
 
@@ -246,7 +257,7 @@ def test_box_from_drawing_and_parse_box():
 def test_shipped_composition_presets_validate():
     from studio.models import repo_root
 
-    regions, feather, prompt = load_regions(repo_root() / "presets/composition/regions-left-right.json")
+    regions, feather, prompt, _ = load_regions(repo_root() / "presets/composition/regions-left-right.json")
     assert len(regions) == 2 and feather == 0.05 and prompt == ""
     stages, prompt = load_stages(repo_root() / "presets/composition/stages-layout-colour.json")
     assert stages == (StagePrompt("a circle at the top left", 1, 3),) and prompt == "a blue circle"

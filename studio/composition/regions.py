@@ -18,6 +18,7 @@ from studio.errors import InvalidRequest, check_text_item
 
 MAX_REGIONS = 8
 MAX_FEATHER = 0.5
+REGION_MODES = ("add", "average")
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,10 @@ class Region:
         return {"prompt": self.prompt, "box": [self.x0, self.y0, self.x1, self.y1], "weight": self.weight}
 
 
-def check_regions(regions: Sequence[Region], feather: float) -> None:
+def check_regions(regions: Sequence[Region], feather: float, mode: str = "add") -> None:
     """Raise :class:`InvalidRequest` naming the region and what is allowed."""
+    if mode not in REGION_MODES:
+        raise InvalidRequest(f"region mode must be one of {', '.join(REGION_MODES)}, got {mode!r}", "regions")
     if len(regions) > MAX_REGIONS:
         raise InvalidRequest(f"at most {MAX_REGIONS} regions, got {len(regions)}", "regions")
     if isinstance(feather, bool) or not isinstance(feather, (int, float)) or not 0 <= feather <= MAX_FEATHER:
@@ -79,22 +82,33 @@ def region_masks(regions: Sequence[Region], height: int, width: int, feather: fl
 
 
 class RegionalGuidance:
-    """Regional prompts by MultiDiffusion (Bar-Tal et al., "MultiDiffusion: Fusing Diffusion Paths for
-    Controlled Image Generation", 2023), region-based variant.
+    """Regional prompts: each region's prompt is evaluated, with its own uncond, on the latent crop around its box
+    (the box grown by half the feather and snapped to the UNet's multiple), so its content is drawn *inside* the box
+    as a scene of its own; the global prompt's CFG prediction (from the engine's batched call) covers the image.
+    Crops of equal size share one UNet call (uncond and region rows batched), so two half-image regions cost one
+    extra call per step on half-size inputs, twice. Two ways to combine, per pixel, with ``m_k`` the feathered box
+    mask and ``w_k`` the region's weight:
 
-    Every step the global prompt's CFG prediction covers the whole image (from the engine's batched call); each
-    region's prompt is evaluated, with CFG, on the latent crop around its box (the box grown by half the feather
-    and snapped to the UNet's multiple), so the region's content is drawn *inside* its box as a scene of its own.
-    The step's prediction is the per-pixel weighted average of the global prediction (weight 1) and the regions'
-    (weight ``w_k * m_k``, ``m_k`` the feathered box mask). Crops of equal size share one UNet call (uncond and
-    region rows batched), so two half-image regions cost one extra call per step on half-size inputs, twice.
+    * ``"add"`` (default): composable diffusion restricted to the box (Liu et al., "Compositional Visual Generation
+      with Composable Diffusion Models", 2022): ``global + sum_k w_k m_k cfg (cond_k - uncond_k)``. The region adds
+      its concept to what the global prompt draws there, so the scene (its background) stays one scene.
+    * ``"average"``: MultiDiffusion's region-based fusion (Bar-Tal et al., "MultiDiffusion: Fusing Diffusion Paths
+      for Controlled Image Generation", 2023): the weighted average of the global prediction (weight 1) and each
+      region's CFG prediction (weight ``w_k m_k``). Every crop is a whole scene, so crops can disagree on shared
+      content such as the background.
+
+    On Tiny World "add" places both objects of a left/right pair far more often (``bench/composition.py``).
 
     ``embeds`` are the region prompts' encodings ``(R, tokens, dim)``; ``multiple`` is the latent side
     multiple the UNet needs (2 ** down-sampling levels)."""
 
-    def __init__(self, regions: Sequence[Region], embeds: torch.Tensor, feather: float = 0.0, multiple: int = 8):
+    def __init__(self, regions: Sequence[Region], embeds: torch.Tensor, feather: float = 0.0, multiple: int = 8,
+                 mode: str = "add"):
         if len(regions) != len(embeds):
             raise InvalidRequest(f"{len(regions)} regions but {len(embeds)} region encodings", "regions")
+        if mode not in REGION_MODES:
+            raise InvalidRequest(f"region mode must be one of {', '.join(REGION_MODES)}, got {mode!r}", "regions")
+        self.mode = mode
         self.regions = tuple(regions)
         self.embeds = embeds
         self.feather = float(feather)
@@ -143,23 +157,28 @@ class RegionalGuidance:
             e_u = ctx.embeds["uncond"].repeat(len(members), 1, 1)
             e_r = torch.cat([self.embeds[k:k + 1].to(e_u).expand(batch, -1, -1) for k, _ in members])
             out_u, out_r = ctx.denoise(torch.cat([x, x]), torch.cat([e_u, e_r])).chunk(2)
-            # 2. each region's CFG prediction, pasted into its crop, weighted by its mask
+            # 2. each region's guidance (add) or CFG prediction (average) in its crop, weighted by its mask
             for j, (k, (y0, y1, x0, x1)) in enumerate(members):
                 u_k, r_k = out_u[j * batch:(j + 1) * batch], out_r[j * batch:(j + 1) * batch]
                 w = weights[k, :, y0:y1, x0:x1]
-                total[..., y0:y1, x0:x1] += w * (u_k + ctx.cfg * (r_k - u_k))
-        return total / (1 + weights.sum(0))
+                if self.mode == "add":
+                    total[..., y0:y1, x0:x1] += w * ctx.cfg * (r_k - u_k)
+                else:
+                    total[..., y0:y1, x0:x1] += w * (u_k + ctx.cfg * (r_k - u_k))
+        return total if self.mode == "add" else total / (1 + weights.sum(0))
 
 
-def load_regions(path: str | Path) -> tuple[tuple[Region, ...], float, str | None]:
+def load_regions(path: str | Path) -> tuple[tuple[Region, ...], float, str | None, str]:
     """Read a regions file (schema in the README): ``{"feather": 0.05, "prompt": optional global prompt,
-    "regions": [{"prompt": "...", "box": [x0, y0, x1, y1], "weight": 1.0}, ...]}``."""
+    "mode": "add" | "average" (optional, default "add"),
+    "regions": [{"prompt": "...", "box": [x0, y0, x1, y1], "weight": 1.0}, ...]}``; returns
+    ``(regions, feather, prompt, mode)``."""
     data = _read_json(path, "regions")
     if not isinstance(data, dict) or not isinstance(data.get("regions"), list):
         raise InvalidRequest(f"{path}: expected an object with a \"regions\" list", "regions")
-    unknown = sorted(set(data) - {"regions", "feather", "prompt"})
+    unknown = sorted(set(data) - {"regions", "feather", "prompt", "mode"})
     if unknown:
-        raise InvalidRequest(f"{path}: unknown keys {unknown}; allowed: regions, feather, prompt", "regions")
+        raise InvalidRequest(f"{path}: unknown keys {unknown}; allowed: regions, feather, prompt, mode", "regions")
     regions = []
     for i, item in enumerate(data["regions"]):
         if not isinstance(item, dict) or set(item) - {"prompt", "box", "weight"} or "box" not in item:
@@ -173,8 +192,9 @@ def load_regions(path: str | Path) -> tuple[tuple[Region, ...], float, str | Non
     prompt = data.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise InvalidRequest(f"{path}: prompt must be a string", "regions")
-    check_regions(regions, feather)
-    return tuple(regions), float(feather), prompt
+    mode = data.get("mode", "add")
+    check_regions(regions, feather, mode)
+    return tuple(regions), float(feather), prompt, mode
 
 
 def _read_json(path: str | Path, what: str):

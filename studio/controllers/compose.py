@@ -61,6 +61,7 @@ class CompositionRequest:
     parts: tuple[PromptPart, ...] = ()
     regions: tuple[Region, ...] = ()
     feather: float = 0.05
+    region_mode: str = "add"  # "add" | "average": see RegionalGuidance
     stages: tuple[StagePrompt, ...] = ()
     compare: bool = False
     monolithic: str | None = None
@@ -151,7 +152,7 @@ class CompositionController:
             base = replace(base, prompt=prompt)
         composed = parse(base.prompt).is_composed
         # 3. techniques and their combinations
-        check_regions(request.regions, request.feather)
+        check_regions(request.regions, request.feather, request.region_mode)
         check_stages(request.stages)
         if request.regions and composed:
             raise InvalidRequest("regions are guided by their own prompts around one global prompt: remove AND / "
@@ -197,7 +198,7 @@ class CompositionController:
         if request.regions:
             embeds = encode_texts(self.model, [r.prompt for r in request.regions])
             multiple = 2 ** (len(self.model.unet.config.block_out_channels) - 1)
-            guidance = RegionalGuidance(request.regions, embeds, request.feather, multiple)
+            guidance = RegionalGuidance(request.regions, embeds, request.feather, multiple, request.region_mode)
         return RunHooks(embedding_edits=edits, guidance=guidance)
 
     def step_stages(self, base: GenerationRequest) -> list[int]:
@@ -282,6 +283,7 @@ class CompositionController:
         if request.regions:
             data["regions"] = [r.to_json() for r in request.regions]
             data["feather"] = float(request.feather)
+            data["region_mode"] = request.region_mode
         if request.stages:
             data["stages"] = [s.to_json() for s in request.stages]
         return data

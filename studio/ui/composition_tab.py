@@ -15,7 +15,7 @@ import numpy as np
 import gradio as gr
 
 from studio.attributes.definitions import model_kind
-from studio.composition import BLEND_LABELS, BLEND_MODES, NUM_STAGES, Region, StagePrompt
+from studio.composition import BLEND_LABELS, BLEND_MODES, NUM_STAGES, REGION_MODES, Region, StagePrompt
 from studio.controllers.compose import (
     BlendRequest, CompositionController, CompositionRequest, PromptPart, compose_prompt,
 )
@@ -129,7 +129,7 @@ class CompositionHandlers:
             raise ValueError("regions are on but no region has a prompt; write one or untick 'Use regions'")
         return tuple(regions)
 
-    def request_from_form(self, negative, seed, steps, cfg, compare, use_regions, feather, *rest) -> \
+    def request_from_form(self, negative, seed, steps, cfg, compare, use_regions, feather, region_mode, *rest) -> \
             CompositionRequest:
         parts_v = list(rest[:2 * N_PARTS])
         stages_v = list(rest[2 * N_PARTS:2 * N_PARTS + 3 * N_STAGE_ROWS])
@@ -141,9 +141,9 @@ class CompositionHandlers:
         if regions and len(parts) == 1 and parts[0].weight == 1:
             # regions take one global prompt: the single part, as written
             return CompositionRequest(replace(base, prompt=parts[0].text), regions=regions, feather=float(feather),
-                                      stages=stages, compare=bool(compare))
-        return CompositionRequest(base, parts=parts, regions=regions, feather=float(feather), stages=stages,
-                                  compare=bool(compare))
+                                      region_mode=str(region_mode), stages=stages, compare=bool(compare))
+        return CompositionRequest(base, parts=parts, regions=regions, feather=float(feather),
+                                  region_mode=str(region_mode), stages=stages, compare=bool(compare))
 
     # ------------------------------------------------------------------ events
 
@@ -286,6 +286,10 @@ def build_composition_tab(handlers: CompositionHandlers, state: gr.State) -> Non
                     region_boxes.append(box)
                 feather = gr.Slider(0, 0.5, value=0.05, step=0.01, label="Feather (fraction of the image)",
                                     elem_id="compose_feather")
+                region_mode = gr.Radio(list(REGION_MODES), value="add", label="Combine regions",
+                                       info="add: each region adds its prompt's guidance inside its box (one scene); "
+                                            "average: MultiDiffusion's average of whole-scene predictions",
+                                       elem_id="compose_region_mode")
                 canvas = gr.ImageEditor(label="Draw a region: paint over its area, then press 'Use drawing'",
                                         type="numpy", image_mode="RGBA", canvas_size=(256, 256), height=300,
                                         sources=(), transforms=(), layers=False,
@@ -320,7 +324,7 @@ def build_composition_tab(handlers: CompositionHandlers, state: gr.State) -> Non
 
     gpu = dict(concurrency_limit=1, concurrency_id="gpu", show_progress="hidden")
     light = dict(concurrency_limit=None, concurrency_id="light", show_progress="hidden")
-    form = [negative, seed, steps, cfg, compare, use_regions, feather, *part_widgets, *stage_widgets,
+    form = [negative, seed, steps, cfg, compare, use_regions, feather, region_mode, *part_widgets, *stage_widgets,
             *region_widgets]
     run.click(handlers.compose, inputs=[state, *form], outputs=[image, mono, timeline, progress, status], **gpu)
     stop.click(handlers.stop, inputs=[state], outputs=[status], **light)
