@@ -3,7 +3,8 @@
 Quality (seeds are fixed; every prompt group is one batched run):
   pair     two-object prompts, different colours and shapes ("a red circle" + "a blue square"), n_pairs x per_pair
            seeds, three ways: (a) the monolithic prompt "A and B"; (b) AND composition "A AND B"; (c) regions:
-           A in the left half, B in the right half (global prompt empty). "bound": both objects present with
+           A in the left half, B in the right half (global prompt empty), with the regions added (default) and
+           averaged (MultiDiffusion). "bound": both objects present with
            their colour and shape; "bound, exactly 2": and nothing else; "placed": each object in its own box
            (per object), "both placed": both objects in their boxes in the same image
   not      "a circle AND NOT red" vs the plain "a circle" on the same seeds: share with a red circle; share with a
@@ -97,7 +98,7 @@ def pair_specs(n_pairs: int, seed: int = 0) -> list[tuple[str, str, str, str]]:
 
 def bench_pairs(b: Bench, n_pairs: int, per_pair: int, seed0: int) -> dict:
     counts = {k: {"bound": 0, "bound_exact": 0, "placed": 0, "both_placed": 0, "n": 0}
-              for k in ("monolithic", "and", "regions")}
+              for k in ("monolithic", "and", "regions", "regions_average")}
     for j, (c1, s1, c2, s2) in enumerate(pair_specs(n_pairs)):
         a, bb = phrase(c1, s1), phrase(c2, s2)
         seeds = list(range(seed0 + j * per_pair, seed0 + (j + 1) * per_pair))
@@ -105,7 +106,9 @@ def bench_pairs(b: Bench, n_pairs: int, per_pair: int, seed0: int) -> dict:
             "monolithic": b.run(seeds, prompt=f"{a} and {bb}"),
             "and": b.run(seeds, prompt="", parts=(PromptPart(a), PromptPart(bb))),
             "regions": b.run(seeds, prompt="", regions=(Region(a, 0, 0, 0.5, 1), Region(bb, 0.5, 0, 1, 1)),
-                             feather=0.05),
+                             feather=0.05, region_mode="add"),
+            "regions_average": b.run(seeds, prompt="", regions=(Region(a, 0, 0, 0.5, 1), Region(bb, 0.5, 0, 1, 1)),
+                                     feather=0.05, region_mode="average"),
         }
         for way, analyses in runs.items():
             for objs in analyses:
