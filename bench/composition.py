@@ -2,11 +2,12 @@
 
 Quality (seeds are fixed; every prompt group is one batched run):
   pair     two-object prompts, different colours and shapes ("a red circle" + "a blue square"), n_pairs x per_pair
-           seeds, three ways: (a) the monolithic prompt "A and B"; (b) AND composition "A AND B"; (c) regions:
-           A in the left half, B in the right half (global prompt empty), with the regions added (default) and
-           averaged (MultiDiffusion). "bound": both objects present with
-           their colour and shape; "bound, exactly 2": and nothing else; "placed": each object in its own box
-           (per object), "both placed": both objects in their boxes in the same image
+           seeds: (a) the monolithic prompt "A and B"; (b) AND composition "A AND B"; (c) regions: A in the left
+           half, B in the right half (global prompt empty), the regions added (default mode) and averaged
+           (MultiDiffusion). "bound": both objects present with their colour and shape; "bound, exactly 2": and
+           nothing else; "placed": each object in its own half (per object), "both placed": both in one image
+  pair_positioned  the same pairs with each object's side named ("a red circle on the left" + "a blue square on
+           the right"): monolithic and AND
   not      "a circle AND NOT red" vs the plain "a circle" on the same seeds: share with a red circle; share with a
            circle
   edit     "[a red circle:a blue circle:WHEN]": share with a blue circle (and a red one), for each WHEN
@@ -96,20 +97,24 @@ def pair_specs(n_pairs: int, seed: int = 0) -> list[tuple[str, str, str, str]]:
     return specs
 
 
-def bench_pairs(b: Bench, n_pairs: int, per_pair: int, seed0: int) -> dict:
-    counts = {k: {"bound": 0, "bound_exact": 0, "placed": 0, "both_placed": 0, "n": 0}
-              for k in ("monolithic", "and", "regions", "regions_average")}
+def bench_pairs(b: Bench, n_pairs: int, per_pair: int, seed0: int, positioned: bool = False) -> dict:
+    """``positioned``: each object's phrase also names its side ("... on the left" / "... on the right"), for the
+    monolithic prompt and AND only (regions place by their boxes)."""
+    ways = ("monolithic", "and") if positioned else ("monolithic", "and", "regions", "regions_average")
+    counts = {k: {"bound": 0, "bound_exact": 0, "placed": 0, "both_placed": 0, "n": 0} for k in ways}
     for j, (c1, s1, c2, s2) in enumerate(pair_specs(n_pairs)):
         a, bb = phrase(c1, s1), phrase(c2, s2)
+        if positioned:
+            a, bb = f"{a} on the left", f"{bb} on the right"
         seeds = list(range(seed0 + j * per_pair, seed0 + (j + 1) * per_pair))
         runs = {
             "monolithic": b.run(seeds, prompt=f"{a} and {bb}"),
             "and": b.run(seeds, prompt="", parts=(PromptPart(a), PromptPart(bb))),
-            "regions": b.run(seeds, prompt="", regions=(Region(a, 0, 0, 0.5, 1), Region(bb, 0.5, 0, 1, 1)),
-                             feather=0.05, region_mode="add"),
-            "regions_average": b.run(seeds, prompt="", regions=(Region(a, 0, 0, 0.5, 1), Region(bb, 0.5, 0, 1, 1)),
-                                     feather=0.05, region_mode="average"),
         }
+        if not positioned:
+            halves = (Region(a, 0, 0, 0.5, 1), Region(bb, 0.5, 0, 1, 1))
+            runs["regions"] = b.run(seeds, prompt="", regions=halves, feather=0.05, region_mode="add")
+            runs["regions_average"] = b.run(seeds, prompt="", regions=halves, feather=0.05, region_mode="average")
         for way, analyses in runs.items():
             for objs in analyses:
                 bound = has(objs, c1, s1) and has(objs, c2, s2)
@@ -227,7 +232,7 @@ def main() -> int:
     p.add_argument("--stage-group", type=int, default=5, help="seeds per (position, colour) group")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--only", default="pair,not,edit,stages,cost")
+    p.add_argument("--only", default="pair,pair_positioned,not,edit,stages,cost")
     p.add_argument("--skip-cost", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -251,6 +256,12 @@ def main() -> int:
         print_table(["way", "bound", "bound, exactly 2", "placed (per object)", "both placed", "n"],
                     [[w, r["bound"], r["bound_exact"], r["placed_per_object"], r["both_placed"], r["n"]]
                      for w, r in results["pair"].items()])
+    if "pair_positioned" in only:
+        results["pair_positioned"] = bench_pairs(b, args.pairs, args.seeds_per_pair, seed0, positioned=True)
+        print_table(["way (objects named with their side)", "bound", "bound, exactly 2", "placed (per object)",
+                     "both placed", "n"],
+                    [[w, r["bound"], r["bound_exact"], r["placed_per_object"], r["both_placed"], r["n"]]
+                     for w, r in results["pair_positioned"].items()])
     if "not" in only:
         results["not"] = bench_not(b, args.n, seed0 + 1000)
         print_table(["prompt", "red circle", "circle", "anything red", "n"],
