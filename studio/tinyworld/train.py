@@ -56,8 +56,8 @@ class Recipe:
     checkpoint_every: int = 250
     seed: int = 1234
     cfg_default: float = 5.0
-    partial_captions: float = 0.0  # share of multi-object captions that mention only some objects (captions.py)
-    continuous_sizes: bool = False  # radii over each size word's whole range (scenes.SceneSpec)
+    partial_captions: float = 0.5  # share of multi-object captions that mention only some objects (captions.py)
+    continuous_sizes: bool = True  # radii over each size word's whole range (scenes.SceneSpec)
 
     def __post_init__(self):
         noise_scheduler_config(self.prediction_type)  # raises a clear error for an unknown prediction type
