@@ -38,10 +38,14 @@ class Region:
         return {"prompt": self.prompt, "box": [self.x0, self.y0, self.x1, self.y1], "weight": self.weight}
 
 
-def check_regions(regions: Sequence[Region], feather: float, mode: str = "add") -> None:
-    """Raise :class:`InvalidRequest` naming the region and what is allowed."""
+def check_mode(mode: str) -> None:
     if mode not in REGION_MODES:
         raise InvalidRequest(f"region mode must be one of {', '.join(REGION_MODES)}, got {mode!r}", "regions")
+
+
+def check_regions(regions: Sequence[Region], feather: float, mode: str = "add") -> None:
+    """Raise :class:`InvalidRequest` naming the region and what is allowed."""
+    check_mode(mode)
     if len(regions) > MAX_REGIONS:
         raise InvalidRequest(f"at most {MAX_REGIONS} regions, got {len(regions)}", "regions")
     if isinstance(feather, bool) or not isinstance(feather, (int, float)) or not 0 <= feather <= MAX_FEATHER:
@@ -106,8 +110,7 @@ class RegionalGuidance:
                  mode: str = "add"):
         if len(regions) != len(embeds):
             raise InvalidRequest(f"{len(regions)} regions but {len(embeds)} region encodings", "regions")
-        if mode not in REGION_MODES:
-            raise InvalidRequest(f"region mode must be one of {', '.join(REGION_MODES)}, got {mode!r}", "regions")
+        check_mode(mode)
         self.mode = mode
         self.regions = tuple(regions)
         self.embeds = embeds
