@@ -10,9 +10,9 @@ place. Caption styles (shares of the training captions):
   10% empty (for classifier-free guidance), 25% full (every attribute and the background),
   50% mixed (each attribute kept with probability 0.75), 15% sparse (shape plus at most one attribute).
 
-Partial captions (``partial > 0``; the recipe of the shipped weights' last stages uses 0.5): a non-empty caption of a scene with two or
-more objects mentions, with probability ``partial``, only a random non-empty proper subset of its objects and never
-the background. Then "a red circle" means "a scene with a red circle in it", which is what composable diffusion
+Partial captions (``partial > 0``; the shipped weights' last stages used 0.5): a non-empty caption of a scene with
+two or more objects mentions, with probability ``partial``, only a random non-empty proper subset of its objects and
+never the background. Then "a red circle" means "a scene with a red circle in it", which is what composable diffusion
 (AND) and regional prompts assume of each part; a caption with its background clause still lists every object, so
 fully specified prompts keep meaning exactly that scene.
 """
