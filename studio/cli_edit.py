@@ -67,6 +67,8 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--reweight", action="append", default=[], metavar="WORD:FACTOR",
                    help="p2p: scale the attention on a word of --target (repeatable)")
     p.add_argument("--no-blend", action="store_true", help="p2p: no local blending")
+    p.add_argument("--blend-words", default="", metavar="W1,W2",
+                   help="p2p: words whose attention makes the local-blend mask (default: the words that differ)")
     p.add_argument("--null-text", action="store_true", help="invert, p2p --image: null-text optimisation")
     p.add_argument("--inner-steps", type=int, default=10, help="null-text: Adam steps per sampling step (at most)")
     p.add_argument("--edit", dest="edits", action="append", default=[], metavar="OLD->NEW",
@@ -165,7 +167,9 @@ def cmd_edit(args: argparse.Namespace, ctx: Context) -> int:
                     inverted = controller.invert(InversionRequest(replace(base, steps=steps), image, args.null_text,
                                                                   args.inner_steps))
                 outcome = controller.prompt_to_prompt(PromptToPromptRequest(
-                    base, args.target, args.cross, args.self_fraction, reweight, not args.no_blend, inverted))
+                    base, args.target, args.cross, args.self_fraction, reweight, not args.no_blend,
+                    blend_words=tuple(w.strip() for w in args.blend_words.split(",") if w.strip()),
+                    inverted=inverted))
         except InvalidRequest as e:
             raise UsageError(f"{e} (model {args.model})") from None
         except (OutputsError, OSError) as e:

@@ -252,6 +252,35 @@ def test_prompt_to_prompt_control_arithmetic():
     assert torch.equal(control._on_probs("up.0.attn1", self_probs, heads), self_probs)
 
 
+
+def test_local_blend_uses_the_words_attention_summed_over_steps():
+    from studio.editing.p2p import PromptToPromptControl
+
+    control = PromptToPromptControl(cond_rows=slice(0, 2), mapping=[0, 1, 2], num_steps=4, blend_tokens=((1,), (1,)),
+                                    blend_start=0.5, blend_threshold=0.5)
+    latents = torch.stack([torch.zeros(4, 8, 8), torch.ones(4, 8, 8)])
+    hot = torch.full((2, 64, 3), 0.1)  # (source, edited) x 1 head, 8x8 queries, 3 tokens
+    hot[:, 8 * 3 + 3, 1] = 0.9  # the word attends to one latent pixel
+    control._on_probs("up.0.attn2", hot, 1)
+    assert torch.equal(control.apply(0, 4, latents, None), latents)  # before blend_start: maps stored, no blending
+    control.step = 2
+    control._on_probs("up.0.attn2", torch.full((2, 64, 3), 0.1), 1)  # a flat step adds nothing to the shape
+    out = control.apply(2, 4, latents, None)
+    assert torch.equal(out[0], latents[0])
+    kept = out[1, 0] == 1
+    # the pixel, dilated by one (3x3), is the edit's; everything else is the source's
+    assert kept.sum() == 9 and kept[2:5, 2:5].all()
+
+
+def test_prompt_to_prompt_blend_words(tiny_model):
+    controller = EditingController(tiny_model)
+    out = controller.prompt_to_prompt(PromptToPromptRequest(BASE, "a green square", 0.8, 0.4,
+                                                            blend_words=("square", "green")), save=False)
+    assert out.blend_words == (("square",), ("square", "green"))
+    with pytest.raises(InvalidRequest, match="occur in neither prompt"):
+        controller.prompt_to_prompt(PromptToPromptRequest(BASE, "a green square", blend_words=("circle",)),
+                                    save=False)
+
 def test_cli_prompt_to_prompt_writes_both_images(tiny_model, tmp_path):
     code, out, err = run_cli(tiny_model, "p2p", "--prompt", "a blue square", "--target", "a green square", "--steps", 3,
                              "--reweight", "square:2", "--out", tmp_path / "swap.png", "--json")

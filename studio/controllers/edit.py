@@ -123,6 +123,7 @@ class PromptToPromptRequest:
     self_fraction: float = 0.4
     reweight: tuple[tuple[str, float], ...] = ()
     local_blend: bool = True
+    blend_words: tuple[str, ...] = ()
     inverted: InversionOutcome | None = None
 
 
@@ -236,7 +237,9 @@ class EditingController:
         base = self.generator.prepare(replace(base, batch_size=2, shared_seed=True))
         source_words, target_words = _words(base.prompt), _words(request.target)
         blend = ((), ())
-        if request.local_blend:
+        if request.local_blend and request.blend_words:
+            blend = _blend_words_in(request.blend_words, base.prompt, request.target)
+        elif request.local_blend:
             removed = tuple(w for w in source_words if w not in target_words)
             added = tuple(w for w in target_words if w not in source_words)
             weighted = tuple(w for w, _ in request.reweight)
@@ -403,3 +406,17 @@ class EditingController:
 
 def _words(text: str) -> list[str]:
     return [w.lower() for w in re.findall(r"[^\W_]+", text)]
+
+
+def _blend_words_in(words: tuple[str, ...], source: str, target: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The user's local-blend words split by the prompt they occur in (a word in both counts for both)."""
+    if isinstance(words, str) or not all(isinstance(w, str) and w.strip() for w in words):
+        raise InvalidRequest(f"blend_words must be a list of words, got {words!r}", "blend_words")
+    src_words, dst_words = set(_words(source)), set(_words(target))
+    missing = [w for w in words if not set(_words(w)) <= (src_words | dst_words)]
+    if missing:
+        raise InvalidRequest(f"local-blend word(s) {missing} occur in neither prompt; pick words of the source or the "
+                             "edited prompt (e.g. the edited object's noun)", "blend_words")
+    in_source = tuple(w.strip() for w in words if set(_words(w)) <= src_words)
+    in_target = tuple(w.strip() for w in words if set(_words(w)) <= dst_words)
+    return in_source, in_target

@@ -69,6 +69,7 @@ class PromptToPromptControl:
     blend_threshold: float = 0.3
     step: int = 0
     _maps: list = field(default_factory=list)
+    _store: torch.Tensor | None = None
 
     # ---- attention
     def processors(self, original: dict) -> dict:
@@ -83,7 +84,7 @@ class PromptToPromptControl:
             return probs
         source, edited = cond[0], cond[1]
         if is_cross:
-            if self.blend_tokens[0] and self.step >= math.floor(self.blend_start * self.num_steps):
+            if self.blend_tokens[0]:
                 self._maps.append((source[..., list(self.blend_tokens[0])].mean((0, -1)),
                                    edited[..., list(self.blend_tokens[1])].mean((0, -1))))
             new = edited
@@ -106,25 +107,34 @@ class PromptToPromptControl:
 
     def on_step(self, event) -> None:
         self.step = event.step + 1
-        self._maps = []
 
     # ---- local blend (a LatentEdit)
     def apply(self, step: int, num_steps: int, latents: torch.Tensor, scheduler) -> torch.Tensor:
-        if not self._maps or latents.shape[0] != 2:
+        if latents.shape[0] != 2:
             return latents
-        h, w = latents.shape[-2:]
-        total = None
-        for src, dst in self._maps:
-            side = int(round(math.sqrt(src.shape[-1] * w / h)))
-            both = torch.stack([src, dst]).float().view(2, 1, -1, side)
-            up = F.interpolate(both, size=(h, w), mode="bilinear", align_corners=False)
-            total = up if total is None else total + up
-        m = F.max_pool2d(total.sum(0, keepdim=True), 3, stride=1, padding=1)
-        m = m / m.amax().clamp(min=1e-8)
-        mask = (m > self.blend_threshold).to(latents.dtype)[0]
+        if self._maps:  # this step's maps join the run's store (P2P blends with maps summed over the steps so far)
+            h, w = latents.shape[-2:]
+            for src, dst in self._maps:
+                side = int(round(math.sqrt(src.shape[-1] * w / h)))
+                both = torch.stack([src, dst]).float().view(2, 1, -1, side)
+                up = F.interpolate(both, size=(h, w), mode="bilinear", align_corners=False).sum(0, keepdim=True)
+                self._store = up if self._store is None else self._store + up
+            self._maps = []
+        if self._store is None or step < math.floor(self.blend_start * num_steps):
+            return latents
+        mask = self.blend_mask(latents.dtype)
         blended = latents.clone()
         blended[1] = latents[0] + mask * (latents[1] - latents[0])
         return blended
+
+    def blend_mask(self, dtype=torch.float32) -> torch.Tensor:
+        """``(1, h, w)`` 0/1 latent mask: the blend words' accumulated attention, dilated by one latent pixel,
+        rescaled to 0..1 between its minimum and maximum (attention to a word never falls to zero away from its
+        object, so scaling by the maximum alone keeps nearly everything) and thresholded."""
+        m = F.max_pool2d(self._store, 3, stride=1, padding=1)
+        lo, hi = m.amin(), m.amax()
+        m = (m - lo) / (hi - lo).clamp(min=1e-8)
+        return (m > self.blend_threshold).to(dtype)[0]
 
 
 def prompt_to_prompt_hooks(model, source: str, target: str, num_steps: int, cfg: float, *, cross_fraction: float,

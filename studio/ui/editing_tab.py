@@ -187,7 +187,7 @@ class EditingHandlers:
                            "prompt-to-prompt can now edit this image", "ok"))
 
     def prompt_to_prompt(self, session, use_edited, prompt, target, negative, seed, steps, cfg, sampler, cross,
-                         self_fraction, reweight_word, reweight_factor, blend, on_inverted=False):
+                         self_fraction, reweight_word, reweight_factor, blend, on_inverted=False, blend_words=""):
         """(before/after gallery, status) of a prompt-to-prompt edit (of the inverted input image when asked)."""
         try:
             inverted = session.inverted if session is not None and on_inverted else None
@@ -199,8 +199,10 @@ class EditingHandlers:
             base = replace(base, sampler=limits.check("sampler", sampler))
             word = str(reweight_word or "").strip()
             reweight = ((word, float(reweight_factor)),) if word and float(reweight_factor) != 1.0 else ()
+            words = tuple(w.strip() for w in str(blend_words or "").split(",") if w.strip())
             out = self.controller_for(session, use_edited).prompt_to_prompt(PromptToPromptRequest(
-                base, str(target or ""), float(cross), float(self_fraction), reweight, bool(blend), inverted))
+                base, str(target or ""), float(cross), float(self_fraction), reweight, bool(blend),
+                blend_words=words, inverted=inverted))
         except USER_ERRORS as e:
             return gr.skip(), status_html(user_message(e), "error")
         blend_note = f"; local blend on {', '.join(out.blend_words[1]) or '-'}" if blend else ""
@@ -352,6 +354,8 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
                     reweight_factor = gr.Slider(-5, 10, value=1.0, step=0.5, label="factor",
                                                 elem_id="edit_p2p_factor")
                     blend = gr.Checkbox(value=True, label="Local blend (keep the rest)", elem_id="edit_p2p_blend")
+                    blend_words = gr.Textbox(label="Local-blend words (optional, comma-separated; default: the "
+                                             "changed words)", placeholder="e.g. circle", elem_id="edit_p2p_blend_words")
                 on_inverted = gr.Checkbox(value=False, label="Edit the inverted input image (invert it first)",
                                           elem_id="edit_p2p_inverted")
                 p2p_run = gr.Button("Render source and edit", elem_id="edit_p2p_run")
@@ -406,7 +410,7 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
     stop.click(handlers.stop, inputs=[state], outputs=[status], **light)
     p2p_run.click(handlers.prompt_to_prompt, inputs=[state, use_edited, prompt, p2p_target, negative, seed, steps,
                                                      cfg, sampler, cross, self_fraction, reweight_word,
-                                                     reweight_factor, blend, on_inverted],
+                                                     reweight_factor, blend, on_inverted, blend_words],
                   outputs=[p2p_gallery, p2p_status], **gpu)
     invert_run.click(handlers.invert, inputs=[state, use_edited, source, prompt, negative, seed, steps, cfg,
                                               null_text, inner_steps],
