@@ -148,6 +148,7 @@ def grow(mask: np.ndarray, px: int) -> np.ndarray:
 def information(model, n: int, levels: int, samples: int, seed0: int = 60_000) -> dict:
     controller = InspectionController(model)
     inside, near, area, near_area = [], [], [], []
+    level_inside, level_share = [], []
     by_size: dict[str, list[float]] = {}
     for i in range(n):
         scene = generate_scene(seed0 + i, SceneSpec(n_objects=1))
@@ -163,11 +164,18 @@ def information(model, n: int, levels: int, samples: int, seed0: int = 60_000) -
         area.append(float(mask.mean()))
         near_area.append(float(grown.mean()))
         by_size.setdefault(o.size, []).append(inside[-1])
+        per_level = result.level_maps["i1"].numpy()
+        totals = per_level.reshape(len(per_level), -1).sum(1)
+        level_inside.append([float(lv[mask].sum() / t) if t > 0 else 0.0 for lv, t in zip(per_level, totals)])
+        level_share.append((totals / max(totals.sum(), 1e-30)).tolist())
     return {"scenes": n, "levels": levels, "samples": samples, "mass_inside_mask": float(np.mean(inside)),
             "mass_inside_mask_grown_4px": float(np.mean(near)), "mask_share_of_image": float(np.mean(area)),
             "grown_mask_share_of_image": float(np.mean(near_area)),
             "mass_inside_mask_by_size": {k: float(np.mean(v)) for k, v in sorted(by_size.items())},
-            "scenes_at_or_above_70pct": float(np.mean([v >= 0.7 for v in inside]))}
+            "scenes_at_or_above_70pct": float(np.mean([v >= 0.7 for v in inside])),
+            "per_level": {"log_snr": list(result.log_snrs),
+                          "mass_inside_mask": np.mean(level_inside, 0).round(4).tolist(),
+                          "share_of_integrand": np.mean(level_share, 0).round(4).tolist()}}
 
 
 def cost(model, base: GenerationRequest, repeats: int) -> dict:
@@ -251,6 +259,10 @@ def main() -> int:
         print_table(["shape-word mass inside mask", "inside mask + 4 px", "mask share", "grown mask share"],
                     [[r["mass_inside_mask"], r["mass_inside_mask_grown_4px"], r["mask_share_of_image"],
                       r["grown_mask_share_of_image"]]])
+        lv = r["per_level"]
+        print_table(["log-SNR", "share of the integrand", "of it inside the mask"],
+                    [[f"{a:.2f}", b, c] for a, b, c in zip(lv["log_snr"], lv["share_of_integrand"],
+                                                          lv["mass_inside_mask"])])
     if "cost" in parts:
         r = results["cost"] = cost(model, base, args.repeats)
         print_table(["capture / plain (per step)", "inspection run / plain run (wall)",

@@ -65,6 +65,8 @@ def test_information_writes_maps(tiny_model, scene_png, tmp_path):
     assert code == 0, err
     assert np.load(tmp_path / "i" / "synergy.npy").shape == (64, 64)
     assert (tmp_path / "i" / "information_i1.png").is_file()
+    assert (tmp_path / "i" / "information_levels.png").is_file()
+    assert set(np.load(tmp_path / "i" / "information_levels.npz")) == {"log_snrs", "i1", "i2", "i12"}
 
 
 @pytest.mark.parametrize("argv, words", [

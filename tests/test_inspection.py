@@ -210,6 +210,14 @@ def test_information_decomposition_adds_up(controller):
     assert torch.allclose(m["redundancy"] + m["unique1"] + m["unique2"] + m["synergy"], m["i12"], atol=1e-9)
     assert (m["i1"] >= 0).all() and m["i1"].shape == (64, 64) and out.evaluations == 4 * 3
     assert out.contexts["context"] == "a" and out.contexts["with1"] == "a red"
+    # per noise level: the integrand before integration, whose trapezoid over log-SNR is the map
+    assert set(out.level_maps) == {"i1", "i2", "i12"} and out.level_maps["i1"].shape == (3, 64, 64)
+    lam = out.log_snrs
+    assert len(lam) == 3 and lam[0] > lam[-1]
+    trapezoid = sum(0.5 * (out.level_maps["i12"][k] + out.level_maps["i12"][k + 1]) * abs(lam[k + 1] - lam[k])
+                    for k in range(2))
+    assert torch.allclose(trapezoid, m["i12"], atol=1e-9)
+    assert len(out.to_json()["level_totals"]["i1"]) == 3
     with pytest.raises(InvalidRequest, match="not a word of the prompt"):
         controller.information(InformationRequest(image, "a red circle", ("square",)))
     assert without_words("a red circle on red", ["red"]) == "a circle on"

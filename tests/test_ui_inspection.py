@@ -51,7 +51,7 @@ def test_tools_on_an_image_and_their_errors(handlers):
     table, plot, status = handlers.classify(session, image, "red\nblue", "2:1", 0)
     assert "<table" in table and "best:" in status
     gallery, status = handlers.information(session, image, "a red circle", "red", 2, 1)
-    assert len(gallery) == 1 and "UNet evaluations" in status
+    assert [c for _, c in gallery] == ["i1", "per noise level"] and "UNet evaluations" in status
     _, _, status = handlers.classify(session, None, "red\nblue", "2:1", 0)
     assert "upload an image" in status
     _, _, status = handlers.classify(session, image, "red", "2:1", 0)

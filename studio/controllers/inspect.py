@@ -316,6 +316,15 @@ class InspectionController:
         return scatter_plot(series, xlabel="timestep", ylabel="denoising error (mean sq.)",
                             title=f"diffusion classifier: {result.best!r} ({result.evaluations} UNet evals)")
 
+    def information_levels_plot(self, result: InformationMaps) -> Image.Image:
+        """Where along the noise levels each word's information sits (the integrand's image total per level)."""
+        names = {"i1": result.tokens[0]}
+        if len(result.tokens) == 2:
+            names.update(i2=result.tokens[1], i12=" + ".join(result.tokens))
+        series = {label: result.level_totals(key) for key, label in names.items() if key in result.level_maps}
+        return line_plot(result.log_snrs, series, xlabel="log-SNR (high = little noise)",
+                         ylabel="1/2 E||eps diff||^2 (image total)", title="information per noise level")
+
     def information(self, request: InformationRequest, *, cancel: CancelToken | None = None) -> InformationMaps:
         x0 = self.latents_of(request.image)
         return information_maps(self.model, x0, request.prompt, list(request.tokens), levels=request.levels,
@@ -420,6 +429,9 @@ class InspectionController:
         for name, m in result.maps.items():
             files[f"information_{name}.png"] = png_bytes(map_figure(m.numpy(), title=name, label="nats / pixel",
                                                                signed=name == "synergy", image=image))
+        files["information_levels.png"] = png_bytes(self.information_levels_plot(result))
+        files["information_levels.npz"] = npz_bytes(log_snrs=np.asarray(result.log_snrs),
+                                                    **{k: v.numpy() for k, v in result.level_maps.items()})
         return write_files(Path(folder), files)
 
     # ---- helpers

@@ -15,7 +15,7 @@ either.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -64,11 +64,20 @@ class InformationMaps:
     maps: dict[str, torch.Tensor]
     timesteps: tuple[int, ...]
     evaluations: int
+    log_snrs: tuple[float, ...] = ()  # of ``timesteps``
+    # per noise level, before integration: ``(levels, H, W)`` half squared differences for "i1" (and "i2", "i12")
+    level_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def level_totals(self, name: str = "i1") -> list[float]:
+        """The integrand's total over the image at each noise level (where along log-SNR the information sits)."""
+        return [float(m.sum()) for m in self.level_maps[name]]
 
     def to_json(self) -> dict:
         return {"prompt": self.prompt, "tokens": list(self.tokens), "contexts": dict(self.contexts),
-                "timesteps": list(self.timesteps), "unet_evaluations": self.evaluations,
-                "totals": {k: float(v.sum()) for k, v in self.maps.items()}}
+                "timesteps": list(self.timesteps), "log_snrs": list(self.log_snrs),
+                "unet_evaluations": self.evaluations,
+                "totals": {k: float(v.sum()) for k, v in self.maps.items()},
+                "level_totals": {k: self.level_totals(k) for k in self.level_maps}}
 
 
 def information_maps(model, x0: torch.Tensor, prompt: str, tokens: list[str], *, levels: int = DEFAULT_LEVELS,
@@ -105,20 +114,25 @@ def information_maps(model, x0: torch.Tensor, prompt: str, tokens: list[str], *,
                                     cancel=cancel)
 
     # 3. integrate squared differences over log-SNR (trapezoid weights), per latent pixel
-    def info(a: str, b: str) -> torch.Tensor:
+    per_level: dict[str, torch.Tensor] = {}
+
+    def info(a: str, b: str, name: str) -> torch.Tensor:
         sq = (eps[a].double() - eps[b].double()).pow(2).sum(1).view(levels, samples, *x0.shape[1:]).mean(1)
+        per_level[name] = 0.5 * sq
         return 0.5 * _trapezoid(sq, lams)
 
-    latent_maps = {"i1": info("context", "with1" if len(tokens) == 2 else "full")}
+    latent_maps = {"i1": info("context", "with1" if len(tokens) == 2 else "full", "i1")}
     if len(tokens) == 2:
-        i1, i2, i12 = latent_maps["i1"], info("context", "with2"), info("context", "full")
+        i1, i2, i12 = latent_maps["i1"], info("context", "with2", "i2"), info("context", "full", "i12")
         redundancy = torch.minimum(i1, i2)
         latent_maps.update(i2=i2, i12=i12, redundancy=redundancy, unique1=i1 - redundancy, unique2=i2 - redundancy,
                            synergy=i12 - i1 - i2 + redundancy)
     size = size or tuple(int(s) * model.vae_scale_factor for s in x0.shape[1:])
     maps = {k: upsample(v, size) for k, v in latent_maps.items()}
+    level_maps = {k: torch.stack([upsample(m, size) for m in v]) for k, v in per_level.items()}
     return InformationMaps(prompt=prompt, tokens=tuple(tokens), contexts=contexts, maps=maps,
-                           timesteps=tuple(timesteps), evaluations=len(names) * len(row_t))
+                           timesteps=tuple(timesteps), evaluations=len(names) * len(row_t), log_snrs=tuple(lams),
+                           level_maps=level_maps)
 
 
 def _trapezoid(values: torch.Tensor, xs: list[float]) -> torch.Tensor:

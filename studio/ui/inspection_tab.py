@@ -234,6 +234,7 @@ class InspectionHandlers:
         session.information, session.information_image = result, image
         gallery = [(map_figure(m.numpy(), title=name, label="nats / pixel", signed=name == "synergy"), name)
                    for name, m in result.maps.items()]
+        gallery.append((self.controller.information_levels_plot(result), "per noise level"))
         return gallery, status_html(f"{result.evaluations} UNet evaluations; maps of {', '.join(result.tokens)}", "ok")
 
     def export(self, session: InspectionSession, panel, threshold):
