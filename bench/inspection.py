@@ -11,9 +11,11 @@ classifier   generator scenes with one object (not model samples): its shape amo
              "a triangle", then its colour among "a <colour> <predicted shape>" for the 6 colours (the shape the
              classifier itself found, never the ground truth); shared noise bank, strided timesteps, staged pruning.
              Accuracy and UNet evaluations per image.
-information  generator scenes with one object, prompt "a <size> <colour> <shape> on a <background> background":
-             the information map of the shape word (given the rest of the prompt); share of its mass inside the
-             object's mask, and inside the mask grown by 4 px (one latent cell), beside the mask's share of the image.
+information  generator scenes with one object, prompt "a <size> <colour> <shape> on a <background> background"
+             (--info-prompt sets another form, e.g. "a {shape}"): the information map of the shape word (given the
+             rest of the prompt); share of its mass inside the object's mask, and inside the mask grown by 4 px (one
+             latent cell), beside the mask's share of the image; per noise level, the level's share of the integrand
+             and the share of it inside the mask.
 cost         interleaved rounds of the same request: a plain engine run; an engine run with attention capture
              (per-step p50); a whole inspection run (InspectionController.run: attention + every step recorded) vs
              the plain run (wall p50); a plain run right after the inspection run vs the round's first plain run
@@ -145,7 +147,10 @@ def grow(mask: np.ndarray, px: int) -> np.ndarray:
     return out
 
 
-def information(model, n: int, levels: int, samples: int, seed0: int = 60_000) -> dict:
+INFO_PROMPT = "a {size} {colour} {shape} on a {background} background"
+
+
+def information(model, n: int, levels: int, samples: int, seed0: int = 60_000, form: str = INFO_PROMPT) -> dict:
     controller = InspectionController(model)
     inside, near, area, near_area = [], [], [], []
     level_inside, level_share = [], []
@@ -153,7 +158,7 @@ def information(model, n: int, levels: int, samples: int, seed0: int = 60_000) -
     for i in range(n):
         scene = generate_scene(seed0 + i, SceneSpec(n_objects=1))
         o, mask = scene.objects[0], scene.masks[0]
-        prompt = f"a {o.size} {o.colour} {o.shape} on a {scene.background} background"
+        prompt = form.format(size=o.size, colour=o.colour, shape=o.shape, background=scene.background)
         result = controller.information(InformationRequest(scene.image, prompt, (o.shape,), levels=levels,
                                                            samples=samples, seed=i))
         m = result.maps["i1"].numpy()
@@ -168,7 +173,7 @@ def information(model, n: int, levels: int, samples: int, seed0: int = 60_000) -
         totals = per_level.reshape(len(per_level), -1).sum(1)
         level_inside.append([float(lv[mask].sum() / t) if t > 0 else 0.0 for lv, t in zip(per_level, totals)])
         level_share.append((totals / max(totals.sum(), 1e-30)).tolist())
-    return {"scenes": n, "levels": levels, "samples": samples, "mass_inside_mask": float(np.mean(inside)),
+    return {"scenes": n, "levels": levels, "samples": samples, "prompt_form": form, "mass_inside_mask": float(np.mean(inside)),
             "mass_inside_mask_grown_4px": float(np.mean(near)), "mask_share_of_image": float(np.mean(area)),
             "grown_mask_share_of_image": float(np.mean(near_area)),
             "mass_inside_mask_by_size": {k: float(np.mean(v)) for k, v in sorted(by_size.items())},
@@ -219,6 +224,8 @@ def main() -> int:
     p.add_argument("--colour-stages", default="10:2,30:1")
     p.add_argument("--levels", type=int, default=12)
     p.add_argument("--samples", type=int, default=2)
+    p.add_argument("--info-prompt", default=INFO_PROMPT,
+                   help="information: the prompt per scene ({size} {colour} {shape} {background} filled in)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--name", default="inspection", help="results file bench/results/NAME.json")
     p.add_argument("--out", default=None)
@@ -254,7 +261,7 @@ def main() -> int:
                      ["both", "", r["unet_evals_per_image_total"]]])
     if "information" in parts:
         t0 = time.perf_counter()
-        r = results["information"] = information(model, args.n, args.levels, args.samples)
+        r = results["information"] = information(model, args.n, args.levels, args.samples, form=args.info_prompt)
         results["seconds"]["information"] = round(time.perf_counter() - t0, 1)
         print_table(["shape-word mass inside mask", "inside mask + 4 px", "mask share", "grown mask share"],
                     [[r["mass_inside_mask"], r["mass_inside_mask_grown_4px"], r["mask_share_of_image"],
