@@ -5,8 +5,10 @@ The source and the edited prompt are rendered as one batch of two on the same no
 a swapped word takes the attention of the word it replaces, words added by a refinement keep their own), and during
 the first ``self_fraction`` its self-attention maps are the source's, so the layout and the shapes stay while the
 words change what is drawn. Reweighting scales the attention on one word of the edited prompt. Local blending keeps
-the edited image equal to the source outside the region the edited words attend to (their cross-attention maps,
-averaged over layers, normalised, thresholded), from ``blend_start`` of the steps on.
+the edited image equal to the source outside the region the blend words attend to (by default the words that
+differ; the user may name others, e.g. the edited object's noun): their cross-attention maps in both images, summed
+over layers and over the steps so far, dilated by one latent pixel, min-max normalised and thresholded, applied from
+``blend_start`` of the steps on.
 
 Only the conditional rows of the batched UNet call are edited (as in the paper's code), both roles' images get the
 uncond pass unchanged.
