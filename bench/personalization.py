@@ -9,7 +9,8 @@ places and backgrounds. Each method learns token <ring> (or <star>) from them, i
   "a red circle" (LoRA only)       still a circle (drift of the shared words)
 
 methods: textual-inversion (one vector), prospect (ten per-stage vectors, all stages to the concept), lora
-(rank --rank on the attention projections, with the token, prior preservation on 8 renders of the init word).
+(rank --rank on the attention projections, with the token, prior preservation on 8 renders of the init word),
+lora-resnets (the same, also on the 3x3 convolutions of every ResNet block).
 
     python bench/personalization.py [--shapes ring,star] [--methods textual-inversion,prospect,lora] [--seeds 64]
 """
@@ -105,8 +106,9 @@ def main() -> int:
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
             t0 = time.perf_counter()
             drift = None
-            if method == "lora":
-                result = train_lora(model, images, LoraSpec(token, INIT[shape], rank=args.rank, steps=args.lora_steps))
+            if method in ("lora", "lora-resnets"):
+                result = train_lora(model, images, LoraSpec(token, INIT[shape], rank=args.rank, steps=args.lora_steps,
+                                                            resnets=method == "lora-resnets"))
                 engine = Engine(apply_loras(model, [(result.lora, 1.0)]))
                 seconds, losses = result.seconds, result.losses
 
@@ -128,7 +130,7 @@ def main() -> int:
                     return controller.generate(PersonalizedRequest(request, (use,)), save=False).images
             rates = evaluate(render, token, shape, args.seeds)
             run = {"shape": shape, "method": method, "train_seconds": round(seconds, 1),
-                   "steps": args.lora_steps if method == "lora" else args.ti_steps, "final_loss": losses[-1],
+                   "steps": args.lora_steps if method.startswith("lora") else args.ti_steps, "final_loss": losses[-1],
                    "rates": rates, "red_circle_still_circle": drift, "total_seconds": round(time.perf_counter() - t0, 1)}
             results["runs"].append(run)
             rows.append([shape, method, run["train_seconds"], rates["green"]["shape"],

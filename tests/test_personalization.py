@@ -237,6 +237,30 @@ def test_lora_files_round_trip_and_merge_on_a_copy(tiny_model, tmp_path, fmt):
     assert fingerprint(tiny_model.unet) == before
 
 
+
+@pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
+def test_convolution_lora_round_trips_and_acts_as_a_low_rank_conv_pair(tiny_model, tmp_path, fmt):
+    """A 3x3 LoRA (LoCon): the merged convolution equals the base one plus up(down(x)) scaled by alpha / r."""
+    import torch.nn.functional as F
+
+    from studio.personalization.lora import LoraWeights, apply_loras, load_lora, save_lora
+
+    before = fingerprint(tiny_model.unet)
+    path = next(n for n, m in tiny_model.unet.named_modules() if n.endswith("resnets.0.conv1"))
+    conv = tiny_model.unet.get_submodule(path)
+    g = torch.Generator().manual_seed(3)
+    down = torch.randn(2, conv.in_channels, 3, 3, generator=g) * 0.1
+    up = torch.randn(conv.out_channels, 2, 1, 1, generator=g) * 0.1
+    lora = LoraWeights("conv", {("unet", path): (down, up, 1.0)})
+    loaded = load_lora(save_lora(lora, tmp_path / f"conv-{fmt}.safetensors", fmt), tiny_model)
+    d2, u2, alpha = loaded.layers[("unet", path)]
+    assert torch.equal(d2, down) and torch.equal(u2.flatten(1), up.flatten(1)) and alpha == 1.0
+    merged = apply_loras(tiny_model, [(loaded, 2.0)]).unet.get_submodule(path)
+    x = torch.randn(1, conv.in_channels, 8, 8, generator=g)
+    expected = conv(x) + 2.0 * (1.0 / 2) * F.conv2d(F.conv2d(x, down, padding=1), up)
+    assert torch.allclose(merged(x), expected, atol=1e-4)
+    assert fingerprint(tiny_model.unet) == before
+
 def test_lora_file_refusals(tiny_model, tmp_path):
     from safetensors.torch import save_file
 
@@ -268,6 +292,13 @@ def test_lora_training_touches_only_the_adapters(tiny_model):
     assert all(p.grad is None for p in tiny_model.unet.parameters())
     copy = apply_loras(tiny_model, [(result.lora, 1.0)])
     assert "<ring>" in copy.tokenizer.get_vocab() and "<ring>" not in tiny_model.tokenizer.get_vocab()
+    assert not any(p.endswith(("conv1", "conv2")) for _, p in result.lora.layers)
+    with_convs = train_lora(tiny_model, images(), LoraSpec("<ring>", "square", rank=2, steps=2, batch_size=2,
+                                                           resnets=True))
+    convs = {p: down for (_, p), (down, _, _) in with_convs.lora.layers.items() if p.endswith(("conv1", "conv2"))}
+    assert convs and all(d.ndim == 4 and d.shape[2:] == (3, 3) for d in convs.values())
+    assert (fingerprint(tiny_model.unet), fingerprint(tiny_model.text_encoder)) == before
+    apply_loras(tiny_model, [(with_convs.lora, 1.0)])  # its conv layers fit the model they were trained on
 
 
 def test_cli_lora_train_then_generate(tiny_model, tmp_path):
@@ -277,9 +308,13 @@ def test_cli_lora_train_then_generate(tiny_model, tmp_path):
         im.save(folder / f"{i}.png")
     code, out, err = run_cli(tiny_model, "personalize", "lora", "--images", folder, "--token", "<ring>",
                              "--init-word", "square", "--steps", 2, "--batch", 2, "--rank", 2, "--format", "kohya",
-                             "--out", tmp_path / "ring-lora.safetensors", "--json")
+                             "--resnets", "--out", tmp_path / "ring-lora.safetensors", "--json")
     assert code == 0, err
     assert json.loads(out)["method"] == "lora"
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "ring-lora.safetensors"), framework="pt") as f:  # kohya LoCon keys for the convs
+        assert any(k.endswith("conv1.lora_down.weight") and f.get_tensor(k).ndim == 4 for k in f.keys())
     code, out, err = run_cli(tiny_model, "generate", "--prompt", "a <ring>", "--lora",
                              f"{tmp_path / 'ring-lora.safetensors'}:0.5", "--steps", 2, "--seed", 1,
                              "--out", tmp_path / "g.png")

@@ -9,9 +9,13 @@ unloading is dropping the copy and the base weights stay bit-identical. Formats 
   ``.lora_B.weight`` (up), optional ``.alpha``; also without the ``unet.`` prefix, and the older
   ``<module>.lora.down.weight`` / ``.lora.up.weight`` naming.
 * **kohya / A1111** (``lora_unet_<module_with_underscores>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``);
-  1x1 convolutions are read as linear layers; text-encoder LoRA keys (``lora_te_``) are applied to the text encoder.
+  text-encoder LoRA keys (``lora_te_``) are applied to the text encoder.
 
-Training (:func:`train_lora`) puts peft adapters on the attention projections of a UNet copy and learns them,
+Convolutions of any kernel size are read too (LoCon): down ``(r, in, k, k)``, up ``(out, r, 1, 1)``; their product
+over the flattened shapes is the ``(out, in, k, k)`` weight delta.
+
+Training (:func:`train_lora`) puts peft adapters on the attention projections of a UNet copy (and, with
+``LoraSpec.resnets``, on the 3x3 convolutions of its ResNet blocks) and learns them,
 together with the placeholder token's embedding (pivotal tuning), with the model's own denoising loss; the file it
 writes is a diffusers LoRA plus the token's vector (``studio.token.<name>``) and metadata.
 """
@@ -35,6 +39,7 @@ from studio.models import copy_sharing_tensors
 from .tokens import LearnedConcept, personalized_copy, token_id
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+RESNET_TARGETS = ("conv1", "conv2")  # the two 3x3 convolutions of every ResNet block
 
 
 class LoraFileError(ValueError):
@@ -43,8 +48,9 @@ class LoraFileError(ValueError):
 
 @dataclass(frozen=True)
 class LoraWeights:
-    """``layers``: ``{(component, module path): (down (r, in), up (out, r), alpha)}``; ``concept``: a token the LoRA
-    was trained with (ours), if any."""
+    """``layers``: ``{(component, module path): (down, up, alpha)}`` with down ``(r, in)`` and up ``(out, r)`` for a
+    linear layer, ``(r, in, k, k)`` and ``(out, r, 1, 1)`` for a convolution; ``concept``: a token the LoRA was trained
+    with (ours), if any."""
 
     name: str
     layers: dict
@@ -102,7 +108,7 @@ def load_lora(path: Path, model) -> LoraWeights:
         if "down" not in roles or "up" not in roles:
             raise LoraFileError(f"{path.name}: {module_path} lacks its {'down' if 'down' not in roles else 'up'} "
                                 "matrix; the file is incomplete")
-        down, up = _as_matrix(roles["down"], path, module_path), _as_matrix(roles["up"], path, module_path)
+        down, up = _as_lora_tensor(roles["down"], path, module_path), _as_lora_tensor(roles["up"], path, module_path)
         alpha = float(roles["alpha"]) if "alpha" in roles else float(meta.get("alpha", down.shape[0]))
         layers[(component, module_path)] = (down.float(), up.float(), alpha)
     if not layers:
@@ -142,13 +148,19 @@ def _kohya_lookup(model) -> dict[str, tuple[str, str]]:
     return table
 
 
-def _as_matrix(tensor: torch.Tensor, path: Path, module: str) -> torch.Tensor:
+def _as_lora_tensor(tensor: torch.Tensor, path: Path, module: str) -> torch.Tensor:
+    """A linear layer's matrix, a 1x1 convolution's as a matrix, a larger convolution's kernel as it is."""
     if tensor.ndim == 4 and tensor.shape[2:] == (1, 1):
         return tensor[:, :, 0, 0]
-    if tensor.ndim != 2:
-        raise LoraFileError(f"{path.name}: {module} has a {tuple(tensor.shape)} LoRA (a convolution); only linear "
-                            "and 1x1 layers are supported")
+    if tensor.ndim not in (2, 4):
+        raise LoraFileError(f"{path.name}: {module} has a {tuple(tensor.shape)} LoRA weight; linear layers (2-d) "
+                            "and convolutions (4-d) are supported")
     return tensor
+
+
+def lora_delta(down: torch.Tensor, up: torch.Tensor, weight_shape) -> torch.Tensor:
+    """``up @ down`` (over the flattened kernels) shaped like the layer's weight, in float64."""
+    return (up.double().flatten(1) @ down.double().flatten(1)).reshape(weight_shape)
 
 
 def _check_fits(layers: dict, model, path: Path) -> None:
@@ -159,10 +171,12 @@ def _check_fits(layers: dict, model, path: Path) -> None:
             raise LoraFileError(f"{path.name}: the model has no layer {module_path}; this LoRA was made for another "
                                 "architecture") from None
         weight = module.weight
-        out_f, in_f = weight.shape[0], weight.shape[1]
-        if down.shape[1] != in_f or up.shape[0] != out_f or up.shape[1] != down.shape[0]:
-            raise LoraFileError(f"{path.name}: {module_path} is {out_f}x{in_f} in this model but the LoRA is "
-                                f"{up.shape[0]}x{down.shape[1]}; it was made for another model")
+        out_f, in_f = weight.shape[0], weight[0].numel()  # a convolution's input is its flattened kernel
+        fits = (down.flatten(1).shape[1] == in_f and up.shape[0] == out_f and up.flatten(1).shape[1] == down.shape[0]
+                and (down.ndim == 2 or tuple(down.shape[1:]) == tuple(weight.shape[1:])))
+        if not fits:
+            raise LoraFileError(f"{path.name}: {module_path} is {tuple(weight.shape)} in this model but the LoRA makes "
+                                f"{up.shape[0]}x{tuple(down.shape[1:])}; it was made for another model")
 
 
 # ----------------------------------------------------------------------------- applying (merged, on a copy)
@@ -177,8 +191,10 @@ def apply_loras(model, loras: list[tuple[LoraWeights, float]]):
     for lora, scale in loras:
         if not isinstance(scale, (int, float)) or not -4.0 <= float(scale) <= 4.0:
             raise InvalidRequest(f"LoRA scale must be a number in -4..4, got {scale!r}", "lora")
-        for key, (down, up, alpha) in lora.layers.items():
-            delta = float(scale) * (alpha / down.shape[0]) * (up.double() @ down.double())
+        for (component, module_path), (down, up, alpha) in lora.layers.items():
+            shape = getattr(model, component).get_submodule(module_path).weight.shape
+            delta = float(scale) * (alpha / down.shape[0]) * lora_delta(down, up, shape)
+            key = (component, module_path)
             deltas[key] = deltas[key] + delta if key in deltas else delta
     changes = {}
     for component in ("unet", "text_encoder"):
@@ -190,7 +206,7 @@ def apply_loras(model, loras: list[tuple[LoraWeights, float]]):
         for module_path, delta in targets.items():
             module = clone.get_submodule(module_path)
             w = module.weight
-            merged = w.detach().double() + delta.to(w.device).view(w.shape[0], w.shape[1], *([1] * (w.ndim - 2)))
+            merged = w.detach().double() + delta.to(w.device)
             module.weight = torch.nn.Parameter(merged.to(w.dtype), requires_grad=False)
         changes[component] = clone
     digest = hashlib.sha256((model.weights_hash + "".join(f"{lo.digest()}*{s}" for lo, s in loras)).encode())
@@ -223,6 +239,7 @@ class LoraSpec:
     token_learning_rate: float = 1e-3
     prior_images: int = 8
     prior_weight: float = 1.0
+    resnets: bool = False  # also adapt the ResNet blocks' 3x3 convolutions (shapes are drawn there, not in words)
 
     def check(self) -> None:
         from .training import TrainingSpec
@@ -231,6 +248,8 @@ class LoraSpec:
                      learning_rate=self.learning_rate).check()
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or not 1 <= self.rank <= 128:
             raise InvalidRequest(f"rank must be a whole number in 1..128, got {self.rank!r}", "rank")
+        if not isinstance(self.resnets, bool):
+            raise InvalidRequest(f"resnets must be true or false, got {self.resnets!r}", "resnets")
 
 
 @dataclass
@@ -242,7 +261,8 @@ class LoraResult:
 
 def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = None,
                on_progress: Callable[[int, int, float], None] | None = None) -> LoraResult:
-    """DreamBooth-style LoRA on the UNet's attention projections of a private copy, plus the token's embedding."""
+    """DreamBooth-style LoRA on the UNet's attention projections (and ResNet convolutions with ``spec.resnets``) of a
+    private copy, plus the token's embedding."""
     from peft import LoraConfig, inject_adapter_in_model
 
     from .training import (
@@ -266,7 +286,8 @@ def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = No
     # 2. a copy with the token, and a UNet copy (sharing every base tensor) carrying peft adapters
     working = personalized_copy(model, [LearnedConcept(spec.token, vectors, init_word=spec.init_word)])
     unet = copy_sharing_tensors(model.unet, model.run_lock)
-    config = LoraConfig(r=spec.rank, lora_alpha=spec.rank, target_modules=list(TARGETS), init_lora_weights=True)
+    targets = list(TARGETS) + (list(RESNET_TARGETS) if spec.resnets else [])
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.rank, target_modules=targets, init_lora_weights=True)
     unet = inject_adapter_in_model(config, unet)
     lora_params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in lora_params:
@@ -327,7 +348,7 @@ def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = No
     concept = LearnedConcept(spec.token, learned.detach().float().cpu().clone(), init_word=spec.init_word,
                              steps=spec.steps, model_hash=model.weights_hash)
     meta = {"rank": str(spec.rank), "steps": str(spec.steps), "model_hash": model.weights_hash,
-            "init_word": spec.init_word}
+            "init_word": spec.init_word, "resnets": str(bool(spec.resnets)).lower()}
     lora = LoraWeights(name=spec.token.strip("<>"), layers=layers, concept=concept, meta=meta)
     return LoraResult(lora=lora, losses=losses, seconds=time.perf_counter() - t0)
 

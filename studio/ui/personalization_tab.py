@@ -86,7 +86,7 @@ class PersonalizationHandlers:
     # ---- training
 
     def train(self, session: PersonalizationSession, gallery, method, token, init_word, steps, lr, rank,
-              preview_every, start_over):
+              preview_every, start_over, lora_resnets=False):
         """Generator: yields (progress, preview image, status, concept choices, *LoRA slot choices)."""
         session = session if session is not None else PersonalizationSession()
         try:
@@ -95,7 +95,8 @@ class PersonalizationHandlers:
             if method not in METHODS:
                 raise ValueError(f"method must be one of {', '.join(METHODS)}")
             if method == "lora":
-                spec = LoraSpec(token, str(init_word or ""), int(rank), int(steps), float(lr))
+                spec = LoraSpec(token, str(init_word or ""), int(rank), int(steps), float(lr),
+                                resnets=bool(lora_resnets))
                 spec.check()
                 request = TrainLoraRequest(tuple(images), spec)
             else:
@@ -300,8 +301,11 @@ def build_personalization_tab(handlers: PersonalizationHandlers, state: gr.State
                 rank = gr.Slider(1, 64, value=8, step=1, label="LoRA rank", elem_id="pers_rank")
                 preview_every = gr.Slider(0, 500, value=100, step=10, label="Preview every N steps",
                                           elem_id="pers_preview_every")
-            start_over = gr.Checkbox(value=False, label="Start over (ignore the checkpoint of an earlier run)",
-                                     elem_id="pers_start_over")
+            with gr.Row():
+                start_over = gr.Checkbox(value=False, label="Start over (ignore the checkpoint of an earlier run)",
+                                         elem_id="pers_start_over")
+                lora_resnets = gr.Checkbox(value=False, label="LoRA also on the ResNet convolutions (new shapes)",
+                                           elem_id="pers_lora_resnets")
             train, stop, progress, status = run_controls(
                 "pers", "Train", "Add 3 to 20 images, name a token, Train. Stop keeps a checkpoint; Train resumes.")
             preview = gr.Image(label="Preview while it learns", type="pil", interactive=False, height=200,
@@ -351,7 +355,7 @@ def build_personalization_tab(handlers: PersonalizationHandlers, state: gr.State
     if tinyworld:
         draw.click(handlers.examples, inputs=[shape, scene_seed], outputs=[images], **light)
     train.click(handlers.train, inputs=[state, images, method, token, init_word, steps, lr, rank, preview_every,
-                                        start_over], outputs=[progress, preview, status, chosen, *slots[0::2]],
+                                        start_over, lora_resnets], outputs=[progress, preview, status, chosen, *slots[0::2]],
                 concurrency_limit=1, concurrency_id="train", show_progress="hidden")
     stop.click(handlers.stop, inputs=[state], outputs=[status], **light)
     render.click(handlers.render, inputs=[state, prompt, seed, gen_steps, cfg, chosen, stages, replacement, *slots],
