@@ -7,7 +7,8 @@ Sweeps (every one a batched run of all values on one seed's noise, through Attri
           in which no step between adjacent values moves the radius by more than 35% of the sweep's range)
   pair    "a medium red circle and a medium blue square ...": the circle's size slider; median over sweeps of the
           largest relative change of the square's radius (should stay < 10%; a frame without a square counts
-          as 100%) and of the circle's (far larger); "square kept" is the share of frames that still show one;
+          as 100%) and of the circle's (far larger); "pair other/frame" the square's change frame by frame, median
+          (a lenient reading); "square kept" is the share of frames that still show one;
           only seeds whose slider-at-zero image shows both a circle and a square are swept (the first n found)
   hue     "a medium orange circle ...": hue red-yellow slider; Spearman rho(value, measured hue)
   hue2    "a medium blue circle ...": hue blue-purple slider; Spearman rho(value, measured hue)
@@ -121,7 +122,7 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
 
     # specificity, two objects: seeds are scanned in order and the first n whose zero frame shows both a circle
     # and a square are swept (the model often draws only one of two objects; see the quality bench's binding)
-    other_change, subject_change, scanned, pair_records = [], [], 0, []
+    other_change, subject_change, scanned, pair_records, other_frames = [], [], 0, [], []
     learned_ready("size", "circle")
     for prompt, a, b, seed in pair_cases(8 * n):
         if len(other_change) == n:
@@ -145,6 +146,7 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
             continue
         # a square that vanishes counts as a 100% change; a circle that vanishes is left out (it did change)
         other_change.append(max(abs(r - r_sq) / r_sq if r else 1.0 for r in squares))
+        other_frames += [abs(r - r_sq) / r_sq if r else 1.0 for k, r in enumerate(squares) if k != zero]
         subject_change.append(max(abs(r - r_ci) / r_ci for r in circles if r))
     rows["pair_sweeps_measured"] = len(other_change)
     rows["pair_seeds_scanned"] = scanned
@@ -152,6 +154,8 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
     rows["pair_square_kept"] = statistics.mean(
         [sq is not None for rec in pair_records for sq in rec["square"]]) if pair_records else None
     rows["pair_other_change_median"] = statistics.median(other_change) if other_change else None
+    # the lenient reading of the bar: the square's change frame by frame (not the sweep's largest), median
+    rows["pair_other_change_median_per_frame"] = statistics.median(other_frames) if other_frames else None
     rows["pair_subject_change_median"] = statistics.median(subject_change) if subject_change else None
     log(f"  pair: other {rows['pair_other_change_median']} subject {rows['pair_subject_change_median']} "
         f"({len(other_change)} sweeps, {scanned} seeds scanned)")
@@ -240,10 +244,10 @@ def main() -> int:
         log(f"method {method}")
         results[method] = run_sweeps(controller, method, values, args.seeds, args.cfg, args.steps, args.learn_steps,
                                      log, hue2=not args.skip_hue2)
-    headers = ["method", "size rho", "kept", "smooth", "pair other", "pair subject", "square kept", "hue rho",
-               "hue2 rho"]
+    headers = ["method", "size rho", "kept", "smooth", "pair other", "pair other/frame", "pair subject", "square kept",
+               "hue rho", "hue2 rho"]
     rows = [[m, r["size_rho"], r["size_kept"], r["size_smooth"], r["pair_other_change_median"],
-             r["pair_subject_change_median"], r["pair_square_kept"], r["hue_rho"], r.get("hue2_rho", "-")]
+             r["pair_other_change_median_per_frame"], r["pair_subject_change_median"], r["pair_square_kept"], r["hue_rho"], r.get("hue2_rho", "-")]
             for m, r in results.items()]
     if rows:
         print()
