@@ -8,14 +8,20 @@ Sweeps (every one a batched run of all values on one seed's noise, through Attri
   pair    "a medium red circle and a medium blue square ...": the circle's size slider; median over sweeps of the
           largest relative change of the square's radius (should stay < 10%; a frame without a square counts
           as 100%) and of the circle's (far larger); "pair other/frame" the square's change frame by frame, median
-          (a lenient reading); "square kept" is the share of frames that still show one;
+          (a lenient reading); "square kept" is the share of frames that still show one; "sq px kept>=95%" the
+          share of frames in which >= 95% of the zero frame's square pixels that the circle does not now cover are
+          unchanged (the analyzer cannot measure a square the grown circle touches: one connected region);
           only seeds whose slider-at-zero image shows both a circle and a square are swept (the first n found)
   hue     "a medium orange circle ...": hue red-yellow slider; Spearman rho(value, measured hue)
   hue2    "a medium blue circle ...": hue blue-purple slider; Spearman rho(value, measured hue)
 Speed (same process, same settings): p50 of a slider re-render (prompt encoding cached, new value each time) vs
 a plain generation; an 8-value batched sweep vs 8 sequential renders.
 
-    python bench/sliders.py [--seeds 16] [--values 9] [--methods naive,learned,weight] [--learn-steps 200]
+A method may carry "+local" (e.g. naive+local): the same slider with local blending (SubjectLocalBlend: everything
+but the subject kept as at zero).
+
+    python bench/sliders.py [--seeds 16] [--values 9] [--methods naive,learned,weight,naive+local] [--learn-steps 200]
+                            [--parts size,pair,hue] [--delay 0.0]
 """
 
 from __future__ import annotations
@@ -96,9 +102,34 @@ def pair_change_per_frame(records: list[dict], zero: int) -> float | None:
     return statistics.median(changes) if changes else None
 
 
-def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2=True):
+def square_pixels_kept(frames, analyses, zero: int) -> list[float] | None:
+    """Per frame, the share of the zero frame's square pixels that are unchanged (RGB within 40) among those the
+    circle does not now cover (nearer the circle's colour than the square's): the other object kept where it is
+    still visible. The analyzer cannot measure a square the grown circle touches (one connected region), so this
+    reads pixels instead. ``None`` when the zero frame lacks either object."""
+    c0, s0 = main_object(analyses[zero], "circle"), main_object(analyses[zero], "square")
+    if c0 is None or s0 is None:
+        return None
+    ref = np.asarray(frames[zero].convert("RGB"), np.float32)[s0.mask]
+    circle_rgb, square_rgb = np.asarray(c0.rgb, np.float32), np.asarray(s0.rgb, np.float32)
+    shares = []
+    for frame in frames:
+        px = np.asarray(frame.convert("RGB"), np.float32)[s0.mask]
+        covered = np.linalg.norm(px - circle_rgb, axis=1) < np.linalg.norm(px - square_rgb, axis=1)
+        same = np.linalg.norm(px - ref, axis=1) <= 40.0
+        visible = ~covered
+        shares.append(round(float(same[visible].mean()) if visible.any() else 1.0, 4))
+    return shares
+
+
+def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2=True,
+               parts=("size", "pair", "hue"), delay=0.0):
     rows = {}
     base = dict(cfg=cfg, steps=steps)
+    method, _, option = method.partition("+")  # "naive+local": the naive slider with local blending
+    if option not in ("", "local"):
+        raise SystemExit(f"unknown method option {option!r} in {method}+{option}; allowed: local")
+    local = option == "local"
 
     def learned_ready(attribute, subject):
         if method != "learned" or controller.has_learned(attribute, subject):
@@ -107,89 +138,99 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
         controller.learner(attribute, subject, LearnSettings(steps=learn_steps)).run()
         log(f"  learned {attribute!r} on {subject!r} in {time.time() - t0:.0f}s")
 
-    # size, single object; "kept" compares each frame with the same seed's frame at zero (the slider must not
-    # change colour or shape), so sweeps whose zero frame shows no object are left out
     zero = values.index(0.0) if 0.0 in values else len(values) // 2
-    rhos, kept, smooth, records = [], [], [], []
-    for prompt, shape, colour, seed in size_cases(n):
-        learned_ready("size", shape)
-        out = controller.sweep(SweepRequest(GenerationRequest(prompt=prompt, seed=seed, **base),
-                                            SliderSetting("size", shape, 0.0, method), tuple(values)))
-        objs = [main_object(analyze(frame)) for frame in out.frames]
-        radii = [o.radius if o else 0.0 for o in objs]
-        at_zero = objs[zero]
-        if at_zero is not None:
-            kept += [o is not None and (o.shape, o.colour) == (at_zero.shape, at_zero.colour) for o in objs]
-        rhos.append(rho(values, radii))
-        span = max(radii) - min(radii)
-        steps_ = [abs(b - a) for a, b in zip(radii, radii[1:])]
-        smooth.append(span > 0.5 and max(steps_) <= 0.35 * span)
-        records.append({"prompt": prompt, "seed": seed, "radii": [round(r, 2) for r in radii],
-                        "objects": [f"{o.colour} {o.shape}" if o else None for o in objs]})
-    rows["size_rho"] = statistics.mean(rhos)
-    rows["size_kept"] = statistics.mean(kept) if kept else None
-    rows["size_smooth"] = statistics.mean(smooth)
-    rows["size_sweeps"] = records
-    log(f"  size: rho {rows['size_rho']:.3f} kept {rows['size_kept']:.3f} smooth {rows['size_smooth']:.3f}")
+    if "size" in parts:
+        # size, single object; "kept" compares each frame with the same seed's frame at zero (the slider must not
+        # change colour or shape), so sweeps whose zero frame shows no object are left out
+        rhos, kept, smooth, records = [], [], [], []
+        for prompt, shape, colour, seed in size_cases(n):
+            learned_ready("size", shape)
+            out = controller.sweep(SweepRequest(GenerationRequest(prompt=prompt, seed=seed, **base),
+                                                SliderSetting("size", shape, 0.0, method), tuple(values),
+                                                local=local, delay=delay))
+            objs = [main_object(analyze(frame)) for frame in out.frames]
+            radii = [o.radius if o else 0.0 for o in objs]
+            at_zero = objs[zero]
+            if at_zero is not None:
+                kept += [o is not None and (o.shape, o.colour) == (at_zero.shape, at_zero.colour) for o in objs]
+            rhos.append(rho(values, radii))
+            span = max(radii) - min(radii)
+            steps_ = [abs(b - a) for a, b in zip(radii, radii[1:])]
+            smooth.append(span > 0.5 and max(steps_) <= 0.35 * span)
+            records.append({"prompt": prompt, "seed": seed, "radii": [round(r, 2) for r in radii],
+                            "objects": [f"{o.colour} {o.shape}" if o else None for o in objs]})
+        rows["size_rho"] = statistics.mean(rhos)
+        rows["size_kept"] = statistics.mean(kept) if kept else None
+        rows["size_smooth"] = statistics.mean(smooth)
+        rows["size_sweeps"] = records
+        log(f"  size: rho {rows['size_rho']:.3f} kept {rows['size_kept']:.3f} smooth {rows['size_smooth']:.3f}")
 
-    # specificity, two objects: seeds are scanned in order and the first n whose zero frame shows both a circle
-    # and a square are swept (the model often draws only one of two objects; see the quality bench's binding)
-    other_change, subject_change, scanned, pair_records = [], [], 0, []
-    learned_ready("size", "circle")
-    for prompt, a, b, seed in pair_cases(8 * n):
-        if len(other_change) == n:
-            break
-        scanned += 1
-        plain = controller.render(AttributeRequest(GenerationRequest(prompt=prompt, seed=seed, **base)))
-        an = analyze(plain.images[0])
-        if main_object(an, "circle") is None or main_object(an, "square") is None:
-            continue
-        out = controller.sweep(SweepRequest(GenerationRequest(prompt=prompt, seed=seed, **base),
-                                            SliderSetting("size", "circle", 0.0, method), tuple(values)))
-        circles, squares = [], []
-        for frame in out.frames:
-            an = analyze(frame)
-            c, s = main_object(an, "circle"), main_object(an, "square")
-            circles.append(c.radius if c else None)
-            squares.append(s.radius if s else None)
-        pair_records.append({"prompt": prompt, "seed": seed, "circle": circles, "square": squares})
-        r_sq, r_ci = squares[zero] or squares[len(values) // 2], circles[zero] or circles[len(values) // 2]
-        if not (r_sq and r_ci):
-            continue
-        # a square that vanishes counts as a 100% change; a circle that vanishes is left out (it did change)
-        other_change.append(max(abs(r - r_sq) / r_sq if r else 1.0 for r in squares))
-        subject_change.append(max(abs(r - r_ci) / r_ci for r in circles if r))
-    rows["pair_sweeps_measured"] = len(other_change)
-    rows["pair_seeds_scanned"] = scanned
-    rows["pair_sweeps"] = pair_records
-    rows["pair_square_kept"] = statistics.mean(
-        [sq is not None for rec in pair_records for sq in rec["square"]]) if pair_records else None
-    rows["pair_other_change_median"] = statistics.median(other_change) if other_change else None
-    # the lenient reading of the bar: the square's change frame by frame (not the sweep's largest), median
-    rows["pair_other_change_median_per_frame"] = pair_change_per_frame(pair_records, zero)
-    rows["pair_subject_change_median"] = statistics.median(subject_change) if subject_change else None
-    log(f"  pair: other {rows['pair_other_change_median']} subject {rows['pair_subject_change_median']} "
-        f"({len(other_change)} sweeps, {scanned} seeds scanned)")
+    if "pair" in parts:
+        # specificity, two objects: seeds are scanned in order and the first n whose zero frame shows both a circle
+        # and a square are swept (the model often draws only one of two objects; see the quality bench's binding)
+        other_change, subject_change, scanned, pair_records = [], [], 0, []
+        learned_ready("size", "circle")
+        for prompt, a, b, seed in pair_cases(8 * n):
+            if len(other_change) == n:
+                break
+            scanned += 1
+            plain = controller.render(AttributeRequest(GenerationRequest(prompt=prompt, seed=seed, **base)))
+            an = analyze(plain.images[0])
+            if main_object(an, "circle") is None or main_object(an, "square") is None:
+                continue
+            out = controller.sweep(SweepRequest(GenerationRequest(prompt=prompt, seed=seed, **base),
+                                                SliderSetting("size", "circle", 0.0, method), tuple(values),
+                                                local=local, delay=delay))
+            circles, squares = [], []
+            analyses = [analyze(frame) for frame in out.frames]
+            for an in analyses:
+                c, s = main_object(an, "circle"), main_object(an, "square")
+                circles.append(c.radius if c else None)
+                squares.append(s.radius if s else None)
+            visible = square_pixels_kept(out.frames, analyses, zero)
+            pair_records.append({"prompt": prompt, "seed": seed, "circle": circles, "square": squares,
+                                 "square_pixels_kept": visible})
+            r_sq, r_ci = squares[zero] or squares[len(values) // 2], circles[zero] or circles[len(values) // 2]
+            if not (r_sq and r_ci):
+                continue
+            # a square that vanishes counts as a 100% change; a circle that vanishes is left out (it did change)
+            other_change.append(max(abs(r - r_sq) / r_sq if r else 1.0 for r in squares))
+            subject_change.append(max(abs(r - r_ci) / r_ci for r in circles if r))
+        rows["pair_sweeps_measured"] = len(other_change)
+        rows["pair_seeds_scanned"] = scanned
+        rows["pair_sweeps"] = pair_records
+        rows["pair_square_kept"] = statistics.mean(
+            [sq is not None for rec in pair_records for sq in rec["square"]]) if pair_records else None
+        rows["pair_other_change_median"] = statistics.median(other_change) if other_change else None
+        # the lenient reading of the bar: the square's change frame by frame (not the sweep's largest), median
+        rows["pair_other_change_median_per_frame"] = pair_change_per_frame(pair_records, zero)
+        rows["pair_subject_change_median"] = statistics.median(subject_change) if subject_change else None
+        kept_px = [v for rec in pair_records for k, v in enumerate(rec["square_pixels_kept"] or []) if k != zero]
+        rows["pair_square_pixels_kept_median"] = statistics.median(kept_px) if kept_px else None
+        rows["pair_square_pixels_kept_95"] = statistics.mean([v >= 0.95 for v in kept_px]) if kept_px else None
+        log(f"  pair: other {rows['pair_other_change_median']} subject {rows['pair_subject_change_median']} "
+            f"({len(other_change)} sweeps, {scanned} seeds scanned)")
 
-    # hue
-    hues = [("hue", "hue red-yellow", "orange")] + ([("hue2", "hue blue-purple", "blue")] if hue2 else [])
-    for key, attribute, colour in hues:
-        learned_ready(attribute, "circle")
-        hue_rhos, hue_records = [], []
-        for i in range(n):
-            prompt = f"a medium {colour} circle on a {BACKGROUNDS[i % 3]} background"
-            out = controller.sweep(SweepRequest(GenerationRequest(prompt=prompt, seed=300 + i, **base),
-                                                SliderSetting(attribute, "circle", 0.0, method), tuple(values)))
-            hues = []
-            for frame in out.frames:
-                obj = main_object(analyze(frame))
-                hues.append(unwrap_hue(obj.hue) if obj else float("nan"))
-            ok = [(v, h) for v, h in zip(values, hues) if not np.isnan(h)]
-            hue_rhos.append(rho([v for v, _ in ok], [h for _, h in ok]) if len(ok) > 2 else 0.0)
-            hue_records.append({"prompt": prompt, "hues": [None if np.isnan(h) else round(h, 1) for h in hues]})
-        rows[f"{key}_rho"] = statistics.mean(hue_rhos)
-        rows[f"{key}_sweeps"] = hue_records
-        log(f"  {attribute}: rho {rows[f'{key}_rho']:.3f}")
+    if "hue" in parts:
+        hues = [("hue", "hue red-yellow", "orange")] + ([("hue2", "hue blue-purple", "blue")] if hue2 else [])
+        for key, attribute, colour in hues:
+            learned_ready(attribute, "circle")
+            hue_rhos, hue_records = [], []
+            for i in range(n):
+                prompt = f"a medium {colour} circle on a {BACKGROUNDS[i % 3]} background"
+                out = controller.sweep(SweepRequest(GenerationRequest(prompt=prompt, seed=300 + i, **base),
+                                                    SliderSetting(attribute, "circle", 0.0, method), tuple(values),
+                                                    local=local, delay=delay))
+                hues = []
+                for frame in out.frames:
+                    obj = main_object(analyze(frame))
+                    hues.append(unwrap_hue(obj.hue) if obj else float("nan"))
+                ok = [(v, h) for v, h in zip(values, hues) if not np.isnan(h)]
+                hue_rhos.append(rho([v for v, _ in ok], [h for _, h in ok]) if len(ok) > 2 else 0.0)
+                hue_records.append({"prompt": prompt, "hues": [None if np.isnan(h) else round(h, 1) for h in hues]})
+            rows[f"{key}_rho"] = statistics.mean(hue_rhos)
+            rows[f"{key}_sweeps"] = hue_records
+            log(f"  {attribute}: rho {rows[f'{key}_rho']:.3f}")
     return rows
 
 
@@ -238,6 +279,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=7, help="speed: timed rounds (plus one warm-up)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-hue2", action="store_true", help="leave out the blue-purple hue sweeps")
+    p.add_argument("--parts", default="size,pair,hue", help="which sweeps: size, pair, hue (comma-separated)")
+    p.add_argument("--delay", type=float, default=0.0, help="fraction of the steps run without the slider")
     p.add_argument("--directions", default=str(ROOT / "runs" / "bench_directions"),
                    help="direction cache (learned deltas are trained once and reused)")
     p.add_argument("--out", default=None)
@@ -265,18 +308,19 @@ def main() -> int:
     for method in [m for m in args.methods.split(",") if m]:
         log(f"method {method}")
         results[method] = run_sweeps(controller, method, values, args.seeds, args.cfg, args.steps, args.learn_steps,
-                                     log, hue2=not args.skip_hue2)
+                                     log, hue2=not args.skip_hue2, parts=args.parts.split(","),
+                                     delay=args.delay)
     headers = ["method", "size rho", "kept", "smooth", "pair other", "pair other/frame", "pair subject", "square kept",
-               "hue rho", "hue2 rho"]
-    rows = [[m, r["size_rho"], r["size_kept"], r["size_smooth"], r["pair_other_change_median"],
-             r["pair_other_change_median_per_frame"], r["pair_subject_change_median"], r["pair_square_kept"], r["hue_rho"], r.get("hue2_rho", "-")]
-            for m, r in results.items()]
+               "sq px kept>=95%", "hue rho", "hue2 rho"]
+    keys = ["size_rho", "size_kept", "size_smooth", "pair_other_change_median", "pair_other_change_median_per_frame",
+            "pair_subject_change_median", "pair_square_kept", "pair_square_pixels_kept_95", "hue_rho", "hue2_rho"]
+    rows = [[m] + [r.get(k, "-") for k in keys] for m, r in results.items()]
     if rows:
         print()
         print_table(headers, rows)
     payload = {"machine": machine(torch.device("cpu")), "model": args.model, "weights_hash": model.weights_hash,
                "values": values, "seeds": args.seeds, "cfg": args.cfg, "steps": args.steps,
-               "learn_steps": args.learn_steps, "methods": results, "quality_seconds": round(time.time() - t_start)}
+               "learn_steps": args.learn_steps, "delay": args.delay, "parts": args.parts, "methods": results, "quality_seconds": round(time.time() - t_start)}
     if not args.skip_speed:
         s = speed(controller, args.cfg, args.steps, args.repeats)
         payload["speed"] = s
@@ -284,7 +328,8 @@ def main() -> int:
         print_table(["what", "p50 s"], [[k, s[k]["p50_s"]] for k in ("plain", "slider", "sequential8", "batched8")])
         print(f"slider / plain = {s['slider_over_plain']:.3f}   8 sequential / 8 batched = "
               f"{s['sequential_over_batched']:.2f}")
-    name = "sliders-" + "-".join(m for m in args.methods.split(",") if m) if results else "sliders-speed"
+    name = "sliders-" + "-".join(m.replace("+", "-") for m in args.methods.split(",") if m) if results \
+        else "sliders-speed"
     path = write_results(name, payload, args.out)
     print(f"\nwrote {path}")
     return 0

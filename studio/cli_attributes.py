@@ -44,6 +44,8 @@ def add_attributes_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0); every value uses the same noise")
     p.add_argument("--method", default="naive", choices=["naive", "learned", "weight"])
     p.add_argument("--delay", type=float, default=0.0, help="fraction of steps run without the slider (0..1)")
+    p.add_argument("--local", action="store_true",
+                   help="keep everything but the subject as at value 0 (local blending by the subject's attention)")
     p.add_argument("--learn", action="store_true", help="train the learned direction first if it is missing")
     p.add_argument("--learn-steps", type=int, default=300)
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
@@ -114,7 +116,7 @@ def cmd_attributes(args: argparse.Namespace, ctx: Context) -> int:
         try:
             definition = controller.definition(args.attribute)
             for v in values:
-                controller.validate(AttributeRequest(base, (replace(slider, value=v),), args.delay))
+                controller.validate(AttributeRequest(base, (replace(slider, value=v),), args.delay, args.local))
             if args.method == "learned" and not controller.has_learned(definition, args.subject):
                 if not args.learn:
                     raise UsageError(f"no learned direction for {definition.name!r} on {args.subject!r} yet; "
@@ -144,7 +146,7 @@ def cmd_attributes(args: argparse.Namespace, ctx: Context) -> int:
                 chunk = values[start:start + MAX_SWEEP]
                 paths = iter(names[start:start + len(chunk)])
                 saving = controller.with_store(FileSaver(lambda settings, paths=paths: next(paths)))
-                result = saving.sweep(SweepRequest(base, slider, chunk, delay=args.delay), save=True)
+                result = saving.sweep(SweepRequest(base, slider, chunk, delay=args.delay, local=args.local), save=True)
                 for v, path in zip(chunk, result.saved):
                     images.append({"path": str(path), "value": v})
                     if not args.json:
@@ -158,7 +160,7 @@ def cmd_attributes(args: argparse.Namespace, ctx: Context) -> int:
     if args.json:
         print(json.dumps({"model": args.model, "weights_hash": model.weights_hash, "prompt": args.prompt,
                           "subject": args.subject, "attribute": definition.name, "method": args.method,
-                          "delay": args.delay, "seed": args.seed, "images": images,
+                          "delay": args.delay, "local": args.local, "seed": args.seed, "images": images,
                           "paths": [im["path"] for im in images],
                           "timings": _rounded({"generate": time.perf_counter() - t0,
                                                "total": time.perf_counter() - t_start})}), file=ctx.stdout)

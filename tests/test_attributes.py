@@ -326,3 +326,93 @@ def test_animation_rejects_bad_format():
 
     with pytest.raises(InvalidRequest, match="webp or gif"):
         animate([Image.new("RGB", (8, 8))], fmt="mp4")
+
+
+# ----------------------------------------------------------------------------- local blending
+
+
+def test_local_blend_masks_and_arithmetic():
+    from studio.attributes.locality import SubjectLocalBlend
+
+    blend = SubjectLocalBlend((4,), reference=1, cond_rows=slice(3, 6), threshold=0.5)
+    store = torch.zeros(3, 1, 8, 8)
+    store[:, :, :, :] = 1.0  # the background level
+    store[1, 0, 1:3, 1:3] = 5.0  # the subject at zero: top left
+    store[0, 0, 5:7, 5:7] = 5.0  # row 0: the subject moved / grew to the bottom right
+    store[2, 0] += 0.2 * torch.rand(8, 8)  # row 2: the subject vanished, a flat low map (must add nothing)
+    blend.store = store
+    masks = blend.masks()
+    reference_region = masks[1, 0].bool()
+    assert reference_region[0:4, 0:4].all() and reference_region.sum() == 16  # dilated by one latent pixel
+    assert torch.equal(masks[2, 0].bool(), reference_region)  # a vanished subject adds nothing
+    assert masks[0, 0, 4:8, 4:8].all() and (masks[0, 0].bool() & ~reference_region).sum() == 16
+    # after blend_start, each row is the reference outside its mask and itself inside
+    latents = torch.randn(3, 4, 8, 8)
+    blend.blend_start = 0.0
+    out = blend.apply(5, 10, latents.clone(), scheduler=None)
+    outside = ~masks[0, 0].bool()
+    assert torch.equal(out[0][:, outside], latents[1][:, outside])
+    assert torch.equal(out[0][:, ~outside], latents[0][:, ~outside])
+    assert torch.equal(out[1], latents[1])
+
+
+def test_local_blend_records_against_the_reference_keys(tinyworld):
+    """The maps score every row's queries against the reference row's keys, so a slider's longer key can't spread
+    the subject's map; the recording and the blend leave the reference row as a plain render."""
+    from studio.attributes.locality import SubjectLocalBlend
+
+    engine = Engine(tinyworld)
+    req = replace(BASE, batch_size=2, shared_seed=True, steps=6)
+    idx = subject_token_indices(tinyworld.tokenizer, req.prompt, "circle")
+    blend = SubjectLocalBlend(idx, reference=1, cond_rows=slice(2, 4))
+    delta = torch.randn(tinyworld.text_encoder.config.hidden_size) * 20
+    edits = [SubjectDirections([SubjectShift(idx, delta, (1.0, 0.0))])]
+    recorded = engine.generate(req, hooks=RunHooks(embedding_edits=edits, attention_processors=blend.processors,
+                                                   latent_edits=[blend]))
+    plain = engine.generate(req, hooks=RunHooks(embedding_edits=edits))
+    # explicit vs fused attention: rounding only
+    assert np.abs(pixels(recorded.images[1]) - pixels(plain.images[1])).max() <= 2
+    assert blend.store.shape == (2, 1, 16, 16)  # the latent grid
+    own = blend.store[0].flatten()
+    ref = blend.store[1].flatten()
+    assert own.amax() < 3 * ref.amax()  # the same scale for both rows, despite the huge delta
+
+
+def test_local_render_keeps_the_rest(controller):
+    zero = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 0.0),))).images[0]
+    local_zero = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 0.0),),
+                                                    local=True)).images[0]
+    assert np.abs(pixels(local_zero) - pixels(zero)).max() <= 3  # a reference beside it changes nothing
+    free = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 1.5),))).images[0]
+    local = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 1.5),), local=True))
+    assert local.request.local and len(local.images) == 1
+    change_free = np.abs(pixels(free) - pixels(zero)).sum(-1) > 30
+    change_local = np.abs(pixels(local.images[0]) - pixels(zero)).sum(-1) > 30
+    assert change_local.any()  # the subject still changes
+    assert change_local.sum() < change_free.sum()  # and less of the picture changes with it
+
+
+def test_local_sweep_hidden_reference_and_single_renders(controller, tinyworld, tmp_path):
+    from studio.controllers import FileSaver
+    from studio.outputs import read_image_settings
+
+    saving = AttributesController(tinyworld, FileSaver(lambda s: tmp_path / f"{s.batch_index}.png"),
+                                  directions_root=tmp_path / "directions")
+    values = (-1.5, 1.5)  # no zero: the sweep adds a hidden reference row and returns only these frames
+    sweep = saving.sweep(SweepRequest(BASE, SliderSetting("size", "circle", 0.0), values, local=True), save=True)
+    assert len(sweep.frames) == 2 and len(sweep.saved) == 2
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["0.png", "1.png"]
+    assert read_image_settings(sweep.saved[1]).controls["attributes"]["local"] is True
+    for v, frame in zip(values, sweep.frames):
+        single = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", v),), local=True))
+        assert np.abs(pixels(frame) - pixels(single.images[0])).max() <= 3
+
+
+def test_local_rejects_what_it_cannot_blend(controller):
+    with pytest.raises(InvalidRequest, match="prompt-weight"):
+        controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 1.0, "weight"),), local=True))
+    with pytest.raises(InvalidRequest, match="batch size 1"):
+        controller.render(AttributeRequest(replace(BASE, batch_size=2), (SliderSetting("size", "circle", 1.0),),
+                                           local=True))
+    with pytest.raises(InvalidRequest, match="at least one slider"):
+        controller.render(AttributeRequest(BASE, (), local=True))

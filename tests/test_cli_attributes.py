@@ -62,3 +62,17 @@ def test_bad_input_exits_2_with_one_line(model, tmp_path, argv, expected):
     code, out, err = run(model, *argv, "--out-dir", tmp_path / "o", "--directions", tmp_path / "d")
     assert code == 2 and err.startswith("error: ") and expected in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()  # nothing written for bad input
+
+
+def test_local_flag_is_saved_and_reported(model, tmp_path):
+    code, out, err = run(model, "--prompt", PROMPT, "--subject", "circle", "--attribute", "size",
+                         "--values=-1.5,1.5", "--seed", 3, "--steps", 8, "--out-dir", tmp_path / "sweep",
+                         "--directions", tmp_path / "dirs", "--local", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["local"] is True and len(report["paths"]) == 2  # no file for the hidden reference
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["000-size--1.500.png", "001-size-+1.500.png"]
+    assert read_image_settings(report["paths"][0]).controls["attributes"]["local"] is True
+    code, out, err = run(model, "--prompt", PROMPT, "--subject", "circle", "--attribute", "size", "--values", "1",
+                         "--method", "weight", "--local", "--out-dir", tmp_path / "w")
+    assert code == 2 and "prompt-weight" in err and not (tmp_path / "w").exists()

@@ -78,3 +78,15 @@ def test_learn_streams_progress_and_saves(handlers):
     assert any("learning" in line for line in lines) and "learning done" in lines[-1]
     assert handlers.controller.has_learned("hue red-yellow", "circle")
     assert "nothing is being learned" in handlers.cancel_learning(session)
+
+
+def test_local_render_and_sweep(handlers):
+    """The "keep the rest" checkbox reaches the controller for renders and sweeps."""
+    session = AttributesSession()
+    image, zero, status = handlers.render(session, *form(1.5), True)
+    assert "done" in status and session.last[0].local is True and image.size == (64, 64)
+    gallery, path, status = handlers.sweep(session, PROMPT, 3, 8, 3.0, 0.0, "size", "circle", "naive", NONE, "",
+                                           0.0, 2, True)
+    assert len(gallery) == 2 and "one batched run" in status  # the hidden reference row is not shown
+    _, _, status = handlers.render(session, *form(1.0, method="weight"), True)
+    assert "studio-error" in status and "prompt-weight" in status

@@ -45,6 +45,7 @@ from studio.attributes.directions import (
     subject_token_indices,
 )
 from studio.attributes.learning import DirectionLearner, LearnSettings
+from studio.attributes.locality import SubjectLocalBlend
 from studio.attributes.store import DirectionStore
 from studio.engine import CancelToken, GenerationRequest, InvalidRequest, LatentCache, RunHooks
 from studio.prompting import parse, plain_text, schedule
@@ -82,6 +83,7 @@ class AttributeRequest:
     base: GenerationRequest
     sliders: tuple[SliderSetting, ...] = ()
     delay: float = 0.0
+    local: bool = False  # keep everything but the subjects as at slider zero (SubjectLocalBlend)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class SweepRequest:
     values: tuple[float, ...]
     others: tuple[SliderSetting, ...] = ()
     delay: float = 0.0
+    local: bool = False  # keep everything but the swept subject as at slider zero (SubjectLocalBlend)
 
 
 @dataclass(frozen=True)
@@ -267,17 +270,29 @@ class AttributesController:
         # 1. validate and resolve the seed
         base = self._prepare(request.base, request, "render")
         request = replace(request, base=base)
-        # 2. hooks from the sliders (deltas computed or taken from the cache)
+        # 2. hooks from the sliders (deltas computed or taken from the cache); a local render carries a reference
+        #    row at slider zero on the same noise, last in the batch, dropped before saving
         start = start_step_for(request.delay, base.steps)
-        hooks = self._hooks(base, [(s, (float(s.value),)) for s in request.sliders], start)
-        # 3. run (resuming after the delay when the session's last render shares those steps)
-        resume = session.resume_step(base, start) if session is not None else None
+        run_base, postprocess = base, None
+        if request.local:
+            run_base = replace(base, batch_size=2, shared_seed=True)
+            pairs = [(s, (float(s.value), 0.0)) for s in request.sliders]
+            postprocess = _drop_reference
+        else:
+            pairs = [(s, (float(s.value),)) for s in request.sliders]
+        hooks = self._hooks(run_base, pairs, start,
+                            local=[s.subject for s in request.sliders] if request.local else None)
+        # 3. run (resuming after the delay when the session's last render shares those steps; a local render
+        #    re-runs every step, its masks accumulate attention from the first)
+        resume = session.resume_step(run_base, start) if session is not None and not request.local else None
         cache = session.cache if session is not None else None
+        controls = self._controls(request.sliders, request.delay, local=request.local)
         outcome = self._runner(save).run(
-            base, hooks=hooks, cache=cache, resume_from_step=resume, cancel=cancel, on_preview=on_preview,
-            on_progress=on_progress, workbench=WORKBENCH, controls=self._controls(request.sliders, request.delay))
+            run_base, hooks=hooks, cache=cache, resume_from_step=resume, cancel=cancel, on_preview=on_preview,
+            on_progress=on_progress, workbench=WORKBENCH,
+            controls=[controls] * run_base.batch_size if request.local else controls, postprocess=postprocess)
         if session is not None:
-            session.last_base = base
+            session.last_base = run_base
             session.last_start = start  # steps from here on now carry this render's edits
         timings = {**outcome.timings, "total": time.perf_counter() - t0}
         return AttributeOutcome(images=outcome.images, request=request, saved=outcome.saved, timings=timings,
@@ -298,20 +313,27 @@ class AttributesController:
         values = tuple(float(v) for v in request.values)
         if not 1 <= len(values) <= MAX_SWEEP:
             raise InvalidRequest(f"a sweep takes 1..{MAX_SWEEP} values, got {len(values)}", "values")
-        base = replace(request.base, batch_size=len(values), shared_seed=True)
+        # a local sweep blends against its frame at zero; without one, a hidden reference row is added last
+        hidden = request.local and 0.0 not in values
+        run_values = values + (0.0,) if hidden else values
+        base = replace(request.base, batch_size=len(run_values), shared_seed=True)
         swept = replace(request.slider, value=values[-1])
-        base = self._prepare(base, AttributeRequest(base, (swept, *request.others), request.delay), "sweep")
+        base = self._prepare(base, AttributeRequest(base, (swept, *request.others), request.delay, request.local),
+                             "sweep")
         for v in values:
             self._check_value(replace(request.slider, value=v))
         # 2. hooks: the swept slider gets one value per image, the others one for all
         start = start_step_for(request.delay, base.steps)
-        pairs = [(request.slider, values)] + [(s, (float(s.value),)) for s in request.others]
-        hooks = self._hooks(base, pairs, start)
+        pairs = [(request.slider, run_values)] + [(s, (float(s.value),)) for s in request.others]
+        hooks = self._hooks(base, pairs, start, local=[request.slider.subject] if request.local else None,
+                            reference=run_values.index(0.0) if request.local else 0)
         # 3. one batched run
         controls = [self._controls((replace(request.slider, value=v), *request.others), request.delay,
-                                   sweep={"values": list(values), "index": i}) for i, v in enumerate(values)]
+                                   sweep={"values": list(values), "index": i}, local=request.local)
+                    for i, v in enumerate(run_values)]
         outcome = self._runner(save).run(base, hooks=hooks, cancel=cancel, on_progress=on_progress,
-                                         workbench=WORKBENCH, controls=controls)
+                                         workbench=WORKBENCH, controls=controls,
+                                         postprocess=_drop_reference if hidden else None)
         timings = {**outcome.timings, "total": time.perf_counter() - t0}
         return SweepOutcome(frames=outcome.images, values=values, request=replace(request, base=base),
                             saved=outcome.saved, timings=timings, warnings=outcome.warnings)
@@ -330,6 +352,17 @@ class AttributesController:
         if len(request.sliders) > MAX_SLIDERS:
             raise InvalidRequest(f"at most {MAX_SLIDERS} sliders at once, got {len(request.sliders)}", "sliders")
         weighted = [s for s in request.sliders if s.method == "weight"]
+        if request.local is not True and request.local is not False:
+            raise InvalidRequest(f"local must be true or false, got {request.local!r}", "local")
+        if request.local:
+            if weighted:
+                raise InvalidRequest("local blending follows the subject word's attention, which the prompt-weight "
+                                     "baseline moves (it rewrites the prompt): use a naive or learned slider", "local")
+            if not request.sliders:
+                raise InvalidRequest("local blending needs at least one slider", "local")
+            if base.batch_size != 1 and what == "render":
+                raise InvalidRequest(f"a local render takes batch size 1 (it renders a reference at slider zero "
+                                     f"beside the image), got {base.batch_size}", "batch_size")
         if weighted and len(request.sliders) > 1:
             raise InvalidRequest("the prompt-weight baseline rewrites the prompt, so it runs alone: use one "
                                  "slider with method 'weight', or naive/learned sliders stacked", "method")
@@ -352,8 +385,11 @@ class AttributesController:
             raise InvalidRequest(f"{definition.name}: value must be a number in [-{definition.range:g}, "
                                  f"{definition.range:g}], got {v!r}", "value")
 
-    def _hooks(self, base: GenerationRequest, pairs, start: int) -> RunHooks:
-        """``pairs`` = [(slider, values)]: values has one entry (all images) or one per image."""
+    def _hooks(self, base: GenerationRequest, pairs, start: int, *, local: Sequence[str] | None = None,
+               reference: int | None = None) -> RunHooks:
+        """``pairs`` = [(slider, values)]: values has one entry (all images) or one per image. ``local``: the
+        subject words whose attention makes the local-blend masks, against batch row ``reference`` (default: the
+        last row, where :meth:`render` puts its reference)."""
         shifts, edits = [], []
         for slider, values in pairs:
             definition = self.definition(slider.attribute)
@@ -370,13 +406,28 @@ class AttributesController:
             shifts.append(SubjectShift(indices, delta, tuple(values)))
         if shifts:
             edits.append(SubjectDirections(shifts, start))
-        return RunHooks(embedding_edits=edits)
+        if not local:
+            return RunHooks(embedding_edits=edits)
+        text = slider_text(base.prompt)
+        indices = tuple(dict.fromkeys(i for word in local for i in
+                                      subject_token_indices(self.model.tokenizer, text, _check_subject_word(word))))
+        first = int(base.cfg != 1.0)  # the engine stacks [uncond x batch, cond x batch]; no uncond pass at CFG 1
+        blend = SubjectLocalBlend(indices, base.batch_size - 1 if reference is None else reference,
+                                  slice(first * base.batch_size, (first + 1) * base.batch_size))
+        return RunHooks(embedding_edits=edits, attention_processors=blend.processors, latent_edits=[blend])
 
-    def _controls(self, sliders, delay: float, sweep: dict | None = None) -> dict:
+    def _controls(self, sliders, delay: float, sweep: dict | None = None, local: bool = False) -> dict:
         data = {"attributes": {"sliders": [s.to_json() for s in sliders], "delay": float(delay)}}
+        if local:
+            data["attributes"]["local"] = True
         if sweep is not None:
             data["attributes"]["sweep"] = sweep
         return data
+
+
+def _drop_reference(images: list) -> list:
+    """A local run's last row is its hidden reference at slider zero: not an output."""
+    return images[:-1]
 
 
 def slider_text(prompt: str) -> str:

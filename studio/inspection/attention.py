@@ -119,11 +119,14 @@ class CrossAttentionRecorder:
 class ProbabilityProcessor:
     """diffusers' plain ``AttnProcessor`` computation with the attention probabilities made explicit:
     ``on_probs(layer, probs, heads)`` sees them (``(batch * heads, queries, keys)``) and returns the probabilities to
-    use (the same tensor to only observe; an edited one to control attention, e.g. prompt-to-prompt)."""
+    use (the same tensor to only observe; an edited one to control attention, e.g. prompt-to-prompt).
+    ``on_query_key(layer, attn, query, key)``, when given, sees the per-head queries and keys first (to score the
+    queries against other keys, e.g. a reference prompt's)."""
 
-    def __init__(self, layer: str, on_probs):
+    def __init__(self, layer: str, on_probs, on_query_key=None):
         self.layer = layer
         self.on_probs = on_probs
+        self.on_query_key = on_query_key
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
                  **kwargs):
@@ -144,6 +147,8 @@ class ProbabilityProcessor:
             context = attn.norm_encoder_hidden_states(context)
         key, value = attn.to_k(context), attn.to_v(context)
         query, key, value = (attn.head_to_batch_dim(t) for t in (query, key, value))
+        if self.on_query_key is not None:
+            self.on_query_key(self.layer, attn, query, key)
         probs = self.on_probs(self.layer, attn.get_attention_scores(query, key, attention_mask), attn.heads)
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))

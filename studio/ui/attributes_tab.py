@@ -100,7 +100,7 @@ class AttributesHandlers:
     # ------------------------------------------------------------------ events
 
     def render(self, session, prompt, seed, steps, cfg, delay, attr1, subject1, method1, value1, attr2, subject2,
-               value2, draft: bool = False):
+               value2, local=False, draft: bool = False):
         """Returns (image, zero image, status)."""
         session = session or AttributesSession()
         try:
@@ -108,7 +108,7 @@ class AttributesHandlers:
             if draft:
                 base = replace(base, steps=max(4, base.steps // 2))
             sliders = self._sliders(session, attr1, subject1, method1, value1, attr2, subject2, value2)
-            request = AttributeRequest(base, sliders, float(delay))
+            request = AttributeRequest(base, sliders, float(delay), bool(local))
             t0 = time.perf_counter()
             outcome = self.controller.render(request, session=session.draft if draft else session.full)
             took = time.perf_counter() - t0
@@ -129,7 +129,7 @@ class AttributesHandlers:
         return self.render(*args, draft=True)
 
     def sweep(self, session, prompt, seed, steps, cfg, delay, attr1, subject1, method1, attr2, subject2, value2,
-              frames):
+              frames, local=False):
         """Returns (filmstrip gallery, animation file, status)."""
         session = session or AttributesSession()
         try:
@@ -141,7 +141,7 @@ class AttributesHandlers:
             values = tuple(round(-definition.range + 2 * definition.range * i / (n - 1), 4) for i in range(n))
             swept, *others = self._sliders(session, attr1, subject1, method1, 0.0, attr2, subject2, value2)
             t0 = time.perf_counter()
-            out = self.controller.sweep(SweepRequest(base, swept, values, tuple(others), float(delay)))
+            out = self.controller.sweep(SweepRequest(base, swept, values, tuple(others), float(delay), bool(local)))
             took = time.perf_counter() - t0
             path = session.folder() / f"sweep-{int(time.time() * 1000)}.webp"
             path.write_bytes(out.animation("webp"))
@@ -253,6 +253,9 @@ def build_attributes_tab(handlers: AttributesHandlers, state: gr.State) -> None:
                 value2 = gr.Slider(-r1, r1, value=0.0, step=0.05, label="Value", elem_id="attr_value2")
             delay = gr.Slider(0, 0.9, value=0.0, step=0.05, label="Delay (fraction of steps without sliders; keeps "
                                                                    "the layout)", elem_id="attr_delay")
+            local = gr.Checkbox(value=False, label="Keep the rest of the picture (local blending: only the subject "
+                                                   "changes; renders a reference at zero beside it, ~2x the time)",
+                                elem_id="attr_local")
             with gr.Row():
                 render = gr.Button("Render", variant="primary", elem_id="attr_render")
                 save = gr.Button("Save image", elem_id="attr_save")
@@ -290,7 +293,8 @@ def build_attributes_tab(handlers: AttributesHandlers, state: gr.State) -> None:
                                    elem_id="attr_filmstrip")
             animation = gr.File(label="Animated WebP", elem_id="attr_animation")
 
-    render_inputs = [state, prompt, seed, steps, cfg, delay, attr1, subject1, method1, value1, attr2, subject2, value2]
+    render_inputs = [state, prompt, seed, steps, cfg, delay, attr1, subject1, method1, value1, attr2, subject2, value2,
+                     local]
     gpu = dict(concurrency_limit=1, concurrency_id="gpu", show_progress="hidden")
     light = dict(concurrency_limit=None, concurrency_id="light", show_progress="hidden")
     value1.change(handlers.render_draft, inputs=render_inputs, outputs=[image, zero_image, status],
@@ -300,7 +304,7 @@ def build_attributes_tab(handlers: AttributesHandlers, state: gr.State) -> None:
     for event in (value1.release, value2.release, render.click):
         event(handlers.render, inputs=render_inputs, outputs=[image, zero_image, status], **gpu)
     sweep.click(handlers.sweep, inputs=[state, prompt, seed, steps, cfg, delay, attr1, subject1, method1, attr2,
-                                        subject2, value2, frames],
+                                        subject2, value2, frames, local],
                 outputs=[filmstrip, animation, status], **gpu)
     save.click(handlers.save, inputs=[state], outputs=[status], **gpu)
     attr1.change(handlers.slider_range, inputs=[state, attr1], outputs=[value1], **light)
