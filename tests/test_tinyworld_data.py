@@ -240,6 +240,30 @@ def test_analyzer_shapes_survive_soft_edges():
     assert not wrong
 
 
+def test_analyzer_splits_touching_objects_of_different_colours_on_request():
+    """Generated images can show objects that touch (a growing circle reaching a square); with split_touching the
+    analyzer separates them when their colours differ clearly, and leaves near colours (red/orange) and every drawn
+    scene (objects kept apart) as they were."""
+    for background in ("black", "white", "gray"):
+        for circle, square in (("red", "blue"), ("green", "purple"), ("yellow", "blue")):
+            scene = scene_from_objects(background, [SceneObject("circle", circle, "large", 15.0, 20.0, 30.0),
+                                                    SceneObject("square", square, "medium", 11.0, 46.0, 30.0)])
+            merged = analyze(scene.image).objects
+            split = analyze(scene.image, split_touching=True).objects
+            assert len(merged) == 1 and len(split) == 2
+            found = {(o.colour, o.shape): o.radius for o in split}
+            assert set(found) == {(circle, "circle"), (square, "square")}, found
+            assert abs(found[(circle, "circle")] - 15.0) < 0.5 and abs(found[(square, "square")] - 11.0) < 0.5
+    near = scene_from_objects("black", [SceneObject("circle", "red", "large", 15.0, 20.0, 30.0),
+                                        SceneObject("square", "orange", "medium", 11.0, 46.0, 30.0)])
+    assert len(analyze(near.image, split_touching=True).objects) == 1
+    for seed in range(200):
+        image = generate_scene(700_000 + seed).image
+        plain = [(o.colour, o.shape, o.radius, o.cx, o.cy) for o in analyze(image).objects]
+        assert plain == [(o.colour, o.shape, o.radius, o.cx, o.cy)
+                         for o in analyze(image, split_touching=True).objects]
+
+
 def test_analyzer_flags_unknown_blobs_and_rejects_small_images():
     from PIL import Image, ImageDraw
 

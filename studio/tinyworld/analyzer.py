@@ -6,7 +6,9 @@ objects it sees, each with shape class, nearest palette colour and hue, radius, 
 How it works, in stages:
   1. background = nearest background colour to the median of the border pixels;
   2. objects = 4-connected regions that differ from the background (the generator keeps a whole background
-     pixel row or column between objects, so regions never merge on real scenes);
+     pixel row or column between objects, so regions never merge on real scenes); on request (``split_touching``)
+     a region whose pixels hold two clearly different palette colours is split into one part per colour, for
+     generated images where objects can touch;
   3. colour = nearest palette colour to the region's core pixels; the region is then re-thresholded at half
      contrast (coverage >= 0.5), which reproduces the generator's own mask definition;
   4. shape = the template (circle, square, triangle, ring, star, drawn with the generator's own code at the
@@ -130,7 +132,45 @@ def _classify(coverage: np.ndarray, x0, x1, y0, y1) -> tuple[str, float, tuple[f
     return best
 
 
-def analyze(image) -> Analysis:
+# Splitting touching objects (opt-in): colours at least this far apart (RGB) are told apart; nearer pairs (red/orange,
+# orange/yellow, blue/purple) are not, so a shaded or hue-shifted object stays whole. A colour must hold at least
+# SPLIT_MIN_AREA of the region's strong pixels to count.
+SPLIT_MIN_DISTANCE = 110.0
+SPLIT_MIN_AREA = 16
+
+
+def _split_by_colour(arr: np.ndarray, region: np.ndarray, diff: np.ndarray, bg: np.ndarray) -> list[np.ndarray]:
+    """The parts of ``region`` that belong to touching objects of clearly different colours (``[region]`` when it
+    holds one colour): strong pixels vote for their nearest palette colour; every region pixel then goes to the
+    colour, among those that won enough votes, whose blend with the background explains it best (edge pixels are
+    such blends), and each colour's connected pieces are parts."""
+    names = list(PALETTE)
+    table = np.asarray([PALETTE[n] for n in names], np.float32)
+    strong = region & (diff >= 0.5 * diff[region].max())
+    votes = np.bincount(np.linalg.norm(arr[strong][:, None] - table[None], axis=-1).argmin(1), minlength=len(names))
+    dominant: list[int] = []
+    for k in np.argsort(-votes):
+        if votes[k] < SPLIT_MIN_AREA:
+            break
+        if all(np.linalg.norm(table[k] - table[j]) >= SPLIT_MIN_DISTANCE for j in dominant):
+            dominant.append(int(k))
+    if len(dominant) < 2:
+        return [region]
+    directions = table[dominant] - bg  # (k, 3)
+    offset = (arr - bg)[..., None, :]  # (h, w, 1, 3)
+    alpha = np.clip((offset * directions).sum(-1) / (directions ** 2).sum(-1), 0.0, 1.0)[..., None]
+    nearest = np.linalg.norm(offset - alpha * directions, axis=-1).argmin(-1)
+    parts = []
+    for i in range(len(dominant)):
+        pieces, count = ndimage.label(region & (nearest == i))
+        parts += [pieces == j for j in range(1, count + 1) if (pieces == j).sum() >= MIN_AREA]
+    return parts
+
+
+def analyze(image, *, split_touching: bool = False) -> Analysis:
+    """What ``image`` shows (see the module docstring). ``split_touching``: also separate objects that touch when
+    their colours differ clearly (generated images, e.g. a growing object reaching another; drawn scenes never
+    need it)."""
     # 1. background from the border
     arr = _to_array(image)
     border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
@@ -141,17 +181,18 @@ def analyze(image) -> Analysis:
     # 2. candidate regions
     diff = np.linalg.norm(arr - bg, axis=-1)
     labels, n = ndimage.label(diff > CANDIDATE_CONTRAST)
+    regions = [labels == index for index in range(1, n + 1)]
+    regions = [(r, r) for r in regions if r.sum() >= MIN_AREA]  # (part, the connected region it comes from)
+    if split_touching:
+        regions = [(part, whole) for whole, _ in regions for part in _split_by_colour(arr, whole, diff, bg)]
     objects: list[DetectedObject] = []
-    for index in range(1, n + 1):
-        region = labels == index
-        if region.sum() < MIN_AREA:
-            continue
+    for region, whole in regions:
         # 3. colour from the core, then coverage relative to that colour
         core = region & (diff >= 0.8 * diff[region].max())
         core_rgb = np.median(arr[core], axis=0)
         colour = _nearest(core_rgb, PALETTE)
         direction = core_rgb - bg
-        grown = ndimage.binary_dilation(region, iterations=1)
+        grown = ndimage.binary_dilation(region, iterations=1) & ~(whole & ~region)  # not into a touching object
         coverage = np.clip(((arr - bg) @ direction) / max(float(direction @ direction), 1e-6), 0.0, 1.0)
         coverage = np.where(grown, coverage, 0.0)
         mask = coverage >= 0.5
