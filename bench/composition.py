@@ -17,7 +17,7 @@ Quality (seeds are fixed; every prompt group is one batched run):
 Cost: steps per second of AND with 1-4 parts: the engine's one batched UNet call per step vs the same run with
 each conditioning evaluated in its own UNet call (the same engine, its UNet wrapped to split the batch).
 
-    python bench/composition.py [--seeds-per-pair 4] [--pairs 25] [--n 100] [--cfg 3] [--skip-cost]
+    python bench/composition.py [--seeds-per-pair 4] [--pairs 25] [--n 100] [--cfg 3] [--skip-cost] [--split-touching]
 """
 
 from __future__ import annotations
@@ -66,8 +66,10 @@ def has(objects, colour=None, shape=None, side=None, cell=None) -> bool:
 
 
 class Bench:
-    def __init__(self, controller: CompositionController, base: GenerationRequest, batch: int):
+    def __init__(self, controller: CompositionController, base: GenerationRequest, batch: int,
+                 split_touching: bool = False):
         self.c, self.base, self.batch = controller, base, batch
+        self.split_touching = split_touching
         self.images = 0
         self.seconds = 0.0
 
@@ -83,7 +85,7 @@ class Bench:
             outcome = self.c.compose(CompositionRequest(base=base, **request))
             self.seconds += time.perf_counter() - t0
             self.images += len(chunk)
-            out += [analyze(im).objects for im in outcome.images]
+            out += [analyze(im, split_touching=self.split_touching).objects for im in outcome.images]
         return out
 
 
@@ -234,6 +236,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--only", default="pair,pair_positioned,not,edit,stages,cost")
     p.add_argument("--skip-cost", action="store_true")
+    p.add_argument("--split-touching", action="store_true",
+                   help="let the analyzer separate touching objects of clearly different colours (two objects "
+                        "that touch are otherwise read as one)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if args.threads:
@@ -247,9 +252,9 @@ def main() -> int:
     defaults = controller.defaults()
     base = replace(defaults, negative_prompt="", steps=args.steps,
                    cfg=defaults.cfg if args.cfg is None else args.cfg)
-    b = Bench(controller, base, args.batch)
+    b = Bench(controller, base, args.batch, split_touching=args.split_touching)
     results: dict = {"model": args.model, "weights_hash": model.weights_hash, "sampler": base.sampler,
-                     "steps": base.steps, "cfg": base.cfg}
+                     "steps": base.steps, "cfg": base.cfg, "split_touching": args.split_touching}
     seed0 = 10_000
     if "pair" in only:
         results["pair"] = bench_pairs(b, args.pairs, args.seeds_per_pair, seed0)

@@ -91,6 +91,17 @@ def pair_cases(n):
     return cases
 
 
+def pair_sweeps_within(records: list[dict], zero: int, limit: float = 0.10) -> float | None:
+    """Share of the two-object sweeps (zero frame showing both objects) in which the square's radius stays within
+    ``limit`` of the zero frame's in every frame (a missing square is outside)."""
+    ok = []
+    for rec in records:
+        r_sq, r_ci = rec["square"][zero], rec["circle"][zero]
+        if r_sq and r_ci:
+            ok.append(all(r is not None and abs(r - r_sq) / r_sq < limit for r in rec["square"]))
+    return statistics.mean(ok) if ok else None
+
+
 def pair_change_per_frame(records: list[dict], zero: int) -> float | None:
     """The lenient reading of the two-object bar: the square's relative change in every frame but the zero one (a
     missing square counts as 100%), median over all frames of the sweeps whose zero frame shows both objects."""
@@ -206,6 +217,7 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
         rows["pair_other_change_median"] = statistics.median(other_change) if other_change else None
         # the lenient reading of the bar: the square's change frame by frame (not the sweep's largest), median
         rows["pair_other_change_median_per_frame"] = pair_change_per_frame(pair_records, zero)
+        rows["pair_sweeps_within_10"] = pair_sweeps_within(pair_records, zero)
         rows["pair_subject_change_median"] = statistics.median(subject_change) if subject_change else None
         kept_px = [v for rec in pair_records for k, v in enumerate(rec["square_pixels_kept"] or []) if k != zero]
         rows["pair_square_pixels_kept_median"] = statistics.median(kept_px) if kept_px else None
@@ -287,16 +299,17 @@ def main() -> int:
                    help="direction cache (learned deltas are trained once and reused)")
     p.add_argument("--out", default=None)
     p.add_argument("--pair-frames-from", nargs="+", default=None, metavar="RESULTS.json",
-                   help="only print the frame-by-frame two-object figure of earlier result files (no rendering)")
+                   help="only print the frame-by-frame two-object figures of earlier result files (no rendering)")
     args = p.parse_args()
     if args.pair_frames_from:
         rows = []
         for path in args.pair_frames_from:
             saved = json.loads(Path(path).read_text())
             zero = saved["values"].index(0.0)
-            rows += [[Path(path).name, method, pair_change_per_frame(r["pair_sweeps"], zero)]
+            rows += [[Path(path).name, method, pair_change_per_frame(r["pair_sweeps"], zero),
+                      pair_sweeps_within(r["pair_sweeps"], zero)]
                      for method, r in saved["methods"].items()]
-        print_table(["results file", "method", "pair other/frame"], rows)
+        print_table(["results file", "method", "pair other/frame", "pair sweeps within 10%"], rows)
         return 0
 
     model = load_model(args.model, device="cpu")

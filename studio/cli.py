@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None, *, load_model: Callable | None = None,
     ctx = Context(stdout=stdout or sys.stdout, stderr=stderr or sys.stderr, load_model=load_model)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_attach_negative_lists(sys.argv[1:] if argv is None else list(argv)))
         if getattr(args, "handler", None) is None:
             parser.print_help(ctx.stdout)
             return 0
@@ -552,6 +552,21 @@ def main(argv: list[str] | None = None, *, load_model: Callable | None = None,
         print(f"error: unexpected {type(e).__name__}: {_one_line(str(e))} "
               "(set STUDIO_DEBUG=1 for a traceback)", file=ctx.stderr)
         return 1
+
+
+_NUMBER_LIST = re.compile(r"^-\d*\.?\d+(e[-+]?\d+)?(,\s*-?\d*\.?\d+(e[-+]?\d+)?)*,?$", re.IGNORECASE)
+
+
+def _attach_negative_lists(argv: list[str]) -> list[str]:
+    """``--values -2,-1,0`` as ``--values=-2,-1,0``: argparse takes a value that starts with "-" for an option
+    unless it is one plain number, so a comma-separated list beginning with a negative number needs attaching."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NUMBER_LIST.match(arg) and "," in arg:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def _one_line(text: str) -> str:

@@ -28,7 +28,7 @@ methods: naive   direction from the attribute's phrasing pair, averaged over tem
 examples:
   {PROG} attributes --list
   {PROG} attributes --prompt "a medium red circle and a medium blue square on a black background" \\
-      --subject circle --attribute size --values -2,-1,0,1,2 --seed 3 --out-dir sweep
+      --subject circle --attribute size --values -1.5,-0.75,0,0.75,1.5 --seed 3 --out-dir sweep
 """
 
 

@@ -76,3 +76,15 @@ def test_local_flag_is_saved_and_reported(model, tmp_path):
     code, out, err = run(model, "--prompt", PROMPT, "--subject", "circle", "--attribute", "size", "--values", "1",
                          "--method", "weight", "--local", "--out-dir", tmp_path / "w")
     assert code == 2 and "prompt-weight" in err and not (tmp_path / "w").exists()
+
+
+def test_values_may_start_negative_as_the_readme_writes_them(model, tmp_path):
+    """argparse takes "-1.5,0,1.5" for an option; the CLI attaches such a list to --values itself."""
+    code, out, err = run(model, "--prompt", PROMPT, "--subject", "circle", "--attribute", "size",
+                         "--values", "-1.5,0,1.5", "--seed", 3, "--steps", 4, "--out-dir", tmp_path / "neg",
+                         "--directions", tmp_path / "dirs", "--json")
+    assert code == 0, err
+    assert [im["value"] for im in json.loads(out)["images"]] == [-1.5, 0.0, 1.5]
+    code, _, err = run(model, "--prompt", PROMPT, "--subject", "circle", "--attribute", "size",
+                       "--values", "-2,0,2", "--out-dir", tmp_path / "too-far")
+    assert code == 2 and "value must be a number in [-1.5, 1.5], got -2.0" in err
