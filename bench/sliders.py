@@ -8,7 +8,8 @@ Sweeps (every one a batched run of all values on one seed's noise, through Attri
   pair    "a medium red circle and a medium blue square ...": the circle's size slider; median over sweeps of the
           largest relative change of the square's radius (should stay < 10%; a frame without a square counts
           as 100%) and of the circle's (far larger); "pair other/frame" the square's change frame by frame, median
-          (a lenient reading); "square kept" is the share of frames that still show one; "sq px kept>=95%" the
+          (a lenient reading); "within 10%" the share of sweeps whose square stays within 10% in every frame;
+          "square kept" is the share of frames that still show one; "sq px kept>=95%" the
           share of frames in which >= 95% of the zero frame's square pixels that the circle does not now cover are
           unchanged (a partly covered square may no longer match the square template);
           only seeds whose slider-at-zero image shows both a circle and a square are swept (the first n found)
