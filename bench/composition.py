@@ -4,8 +4,8 @@ Quality (seeds are fixed; every prompt group is one batched run):
   pair     two-object prompts, different colours and shapes ("a red circle" + "a blue square"), n_pairs x per_pair
            seeds: (a) the monolithic prompt "A and B"; (b) AND composition "A AND B"; (c) regions: A in the left
            half, B in the right half (global prompt empty), the regions added (default mode) and averaged
-           (MultiDiffusion). "bound": both objects present with their colour and shape; "bound, exactly 2": and
-           nothing else; "placed": each object in its own half (per object), "both placed": both in one image
+           (MultiDiffusion), and added at each --region-weights weight. "bound": both objects present with their
+           colour and shape; "bound, exactly 2": and nothing else; "placed": each object in its own half (per object), "both placed": both in one image
   pair_positioned  the same pairs with each object's side named ("a red circle on the left" + "a blue square on
            the right"): monolithic and AND
   not      "a circle AND NOT red" vs the plain "a circle" on the same seeds: share with a red circle; share with a
@@ -99,10 +99,13 @@ def pair_specs(n_pairs: int, seed: int = 0) -> list[tuple[str, str, str, str]]:
     return specs
 
 
-def bench_pairs(b: Bench, n_pairs: int, per_pair: int, seed0: int, positioned: bool = False) -> dict:
+def bench_pairs(b: Bench, n_pairs: int, per_pair: int, seed0: int, positioned: bool = False,
+                region_weights: tuple[float, ...] = ()) -> dict:
     """``positioned``: each object's phrase also names its side ("... on the left" / "... on the right"), for the
-    monolithic prompt and AND only (regions place by their boxes)."""
-    ways = ("monolithic", "and") if positioned else ("monolithic", "and", "regions", "regions_average")
+    monolithic prompt and AND only (regions place by their boxes). ``region_weights``: more rows of added regions,
+    both at that weight (the plain "regions" row is weight 1)."""
+    weighted = {f"regions_weight_{w:g}": w for w in region_weights}
+    ways = ("monolithic", "and") if positioned else ("monolithic", "and", "regions", "regions_average", *weighted)
     counts = {k: {"bound": 0, "bound_exact": 0, "placed": 0, "both_placed": 0, "n": 0} for k in ways}
     for j, (c1, s1, c2, s2) in enumerate(pair_specs(n_pairs)):
         a, bb = phrase(c1, s1), phrase(c2, s2)
@@ -117,6 +120,9 @@ def bench_pairs(b: Bench, n_pairs: int, per_pair: int, seed0: int, positioned: b
             halves = (Region(a, 0, 0, 0.5, 1), Region(bb, 0.5, 0, 1, 1))
             runs["regions"] = b.run(seeds, prompt="", regions=halves, feather=0.05, region_mode="add")
             runs["regions_average"] = b.run(seeds, prompt="", regions=halves, feather=0.05, region_mode="average")
+            for way, w in weighted.items():
+                heavy = tuple(replace(r, weight=w) for r in halves)
+                runs[way] = b.run(seeds, prompt="", regions=heavy, feather=0.05, region_mode="add")
         for way, analyses in runs.items():
             for objs in analyses:
                 bound = has(objs, c1, s1) and has(objs, c2, s2)
@@ -236,6 +242,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--only", default="pair,pair_positioned,not,edit,stages,cost")
     p.add_argument("--skip-cost", action="store_true")
+    p.add_argument("--region-weights", default="2.5",
+                   help="extra rows of added regions at these weights (comma-separated; weight 1 is always run)")
     p.add_argument("--split-touching", action="store_true",
                    help="let the analyzer separate touching objects of clearly different colours (two objects "
                         "that touch are otherwise read as one)")
@@ -257,7 +265,8 @@ def main() -> int:
                      "steps": base.steps, "cfg": base.cfg, "split_touching": args.split_touching}
     seed0 = 10_000
     if "pair" in only:
-        results["pair"] = bench_pairs(b, args.pairs, args.seeds_per_pair, seed0)
+        results["pair"] = bench_pairs(b, args.pairs, args.seeds_per_pair, seed0,
+                                      region_weights=tuple(float(w) for w in args.region_weights.split(",") if w))
         print_table(["way", "bound", "bound, exactly 2", "placed (per object)", "both placed", "n"],
                     [[w, r["bound"], r["bound_exact"], r["placed_per_object"], r["both_placed"], r["n"]]
                      for w, r in results["pair"].items()])

@@ -36,10 +36,13 @@ def test_region_masks_hard_and_feathered():
     assert hard.shape == (2, 1, 8, 8)
     assert torch.equal(hard[0, 0, :, :4], torch.ones(8, 4)) and torch.equal(hard[0, 0, :, 4:], torch.zeros(8, 4))
     assert torch.equal(hard.sum(0), torch.ones(1, 8, 8))  # the halves tile the image
-    soft = region_masks(HALVES, 8, 8, feather=0.5)  # a ramp 4 px wide centred on x = 4
+    soft = region_masks(HALVES, 8, 8, feather=0.5)  # a ramp 4 px wide inside each half, 0 at the shared edge
     row = soft[0, 0, 0]
-    assert row[0] == 1 and 0 < row[4] < row[3] < 1 and torch.allclose(soft.sum(0), torch.ones(1, 8, 8))
-    assert torch.all(row[:-1] >= row[1:])  # monotone across the edge
+    assert torch.allclose(row[:4], torch.tensor([0.875, 0.625, 0.375, 0.125])) and torch.all(row[4:] == 0)
+    assert torch.equal(soft[1, 0, 0], row.flip(0)) and torch.all(soft.sum(0) <= 1)
+    narrow = region_masks(HALVES, 8, 8, feather=0.125)  # 1 px: only the pixels at the shared edge fade
+    assert torch.allclose(narrow[0, 0, 0, :4], torch.tensor([1.0, 1.0, 1.0, 0.5]))
+    assert torch.equal(region_masks((Region("a", 0, 0, 1, 1),), 4, 4, 0.5), torch.ones(1, 1, 4, 4))  # borders
 
 
 def test_region_validation_messages():
@@ -58,6 +61,8 @@ def test_regional_guidance_arithmetic_and_crops(mode):
     guidance = RegionalGuidance(HALVES, torch.stack([torch.full((3, 2), 1.0), torch.full((3, 2), 2.0)]),
                                 feather=0.0, multiple=2, mode=mode)
     assert guidance.crop(HALVES[0], 4, 4) == (0, 4, 0, 2) and guidance.crop(HALVES[1], 4, 4) == (0, 4, 2, 4)
+    feathered = RegionalGuidance(HALVES, torch.zeros(2, 3, 2), feather=0.2, multiple=8)
+    assert feathered.crop(HALVES[0], 16, 16) == (0, 16, 0, 8)  # the feather does not grow the crop to the image
     u, c = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)
     calls = []
 
@@ -220,12 +225,12 @@ def test_saved_images_carry_the_composition(tiny_model, tmp_path):
 
 def form(**change):
     values = dict(negative="", seed=3, steps=4, cfg=5.0, compare=False, use_regions=False, feather=0.05,
-                  region_mode="add",
+                  region_mode="add", region_weight=1.0,
                   parts=["a red circle", 1.0, "a blue square", 1.0, "", 1.0, "", 1.0],
                   stages=["", 1, 3, "", 4, 6], regions=["", "0, 0, 0.5, 1", "", "0.5, 0, 1, 1", "", "0, 0, 1, 0.5"])
     values.update(change)
     return [values[k] for k in ("negative", "seed", "steps", "cfg", "compare", "use_regions", "feather",
-                                "region_mode")] + \
+                                "region_mode", "region_weight")] + \
         values["parts"] + values["stages"] + values["regions"]
 
 
@@ -237,6 +242,9 @@ def test_handlers_build_requests_and_report_errors(tiny_model):
     req = h.request_from_form(*form(use_regions=True, parts=["a gray background", 1.0] + ["", 1.0] * 3,
                                     regions=regions))
     assert req.base.prompt == "a gray background" and req.regions[1] == Region("a blue square", 0.5, 0, 1, 1)
+    req = h.request_from_form(*form(use_regions=True, regions=regions, region_weight=2.5))
+    assert [r.weight for r in req.regions] == [2.5, 2.5]
+    assert h.region_weight == 1.0 if h.defaults.cfg >= 7.5 else h.region_weight > 1  # weight x CFG >= 7.5
     bad = list(h.compose(CompositionSession(), *form(use_regions=True, regions=["a", "0, 0, x", "", "", "", ""])))
     assert "box must be four fractions" in bad[-1][4]
     done = list(h.compose(CompositionSession(), *form()))

@@ -66,8 +66,9 @@ def check_regions(regions: Sequence[Region], feather: float, mode: str = "add") 
 
 
 def region_masks(regions: Sequence[Region], height: int, width: int, feather: float = 0.0) -> torch.Tensor:
-    """``(R, 1, height, width)`` masks in [0, 1]: 1 inside each box, 0 outside, and a linear ramp of total width
-    ``feather`` (a fraction of the image's shorter side) centred on each box edge inside the image."""
+    """``(R, 1, height, width)`` masks in [0, 1]: 0 outside each box, rising linearly from 0 at each box edge inside
+    the image to 1 at ``feather`` (a fraction of the image's shorter side) inside it. The ramp lies inside the box so
+    that the box is all a region's crop needs (see :meth:`RegionalGuidance.crop`)."""
     ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height
     xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width
     ramp = feather * min(height, width) / max(height, width) if feather > 0 else 0.0
@@ -80,15 +81,15 @@ def region_masks(regions: Sequence[Region], height: int, width: int, feather: fl
         far = torch.full_like(ys, float("inf"))
         dy = torch.minimum(ys - r.y0 if r.y0 > 0 else far, r.y1 - ys if r.y1 < 1 else far)[:, None]
         inside = torch.minimum(dx.expand(height, width), dy.expand(height, width))
-        mask = (inside > 0).float() if ramp == 0 else (inside / ramp + 0.5).clamp(0, 1)
+        mask = (inside > 0).float() if ramp == 0 else (inside / ramp).clamp(0, 1)
         masks.append(mask[None])
     return torch.stack(masks) if masks else torch.zeros(0, 1, height, width)
 
 
 class RegionalGuidance:
     """Regional prompts: each region's prompt is evaluated, with its own uncond, on the latent crop around its box
-    (the box grown by half the feather and snapped to the UNet's multiple), so its content is drawn *inside* the box
-    as a scene of its own; the global prompt's CFG prediction (from the engine's batched call) covers the image.
+    (the box snapped out to the UNet's multiple; the feather ramp lies inside the box), so its content is drawn
+    *inside* the box as a scene of its own; the global prompt's CFG prediction (from the engine's batched call) covers the image.
     Crops of equal size share one UNet call (uncond and region rows batched), so two half-image regions cost one
     extra call per step on half-size inputs, twice. Two ways to combine, per pixel, with ``m_k`` the feathered box
     mask and ``w_k`` the region's weight:
@@ -128,12 +129,14 @@ class RegionalGuidance:
         raise InvalidRequest("regional prompts evaluate crops: they need an engine that calls combine_step")
 
     def crop(self, region: Region, height: int, width: int) -> tuple[int, int, int, int]:
-        """``(y0, y1, x0, x1)`` in latent pixels: the box plus half the feather, snapped out to the multiple."""
-        m, pad = self.multiple, self.feather * min(height, width) / 2
-        y0 = max(0, math.floor((region.y0 * height - pad) / m) * m)
-        y1 = min(height, math.ceil((region.y1 * height + pad) / m) * m)
-        x0 = max(0, math.floor((region.x0 * width - pad) / m) * m)
-        x1 = min(width, math.ceil((region.x1 * width + pad) / m) * m)
+        """``(y0, y1, x0, x1)`` in latent pixels: the box snapped out to the multiple. The feather ramp lies inside
+        the box, so it adds nothing: on a small latent (Tiny World's 16x16, multiple 8) growing a half-image box by
+        even one pixel would snap its crop to the whole image, and the region's object could land anywhere."""
+        m = self.multiple
+        y0 = max(0, math.floor(region.y0 * height / m) * m)
+        y1 = min(height, math.ceil(region.y1 * height / m) * m)
+        x0 = max(0, math.floor(region.x0 * width / m) * m)
+        x1 = min(width, math.ceil(region.x1 * width / m) * m)
         return y0, max(y1, y0 + m), x0, max(x1, x0 + m)
 
     def masks(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,9 @@ class CompositionHandlers:
     def __init__(self, controller: CompositionController):
         self.controller = controller
         self.defaults = controller.defaults()
+        # regions guide at weight x CFG; composable diffusion's reference guides each part at 7.5, and on Tiny World
+        # (CFG 3) weight 1 left one of two half-image objects out about half the time (README, composition)
+        self.region_weight = min(5.0, max(1.0, round(7.5 / self.defaults.cfg, 2)))
 
     # ------------------------------------------------------------------ form -> request
 
@@ -117,26 +120,26 @@ class CompositionHandlers:
         return tuple(stages)
 
     @staticmethod
-    def _regions(use: bool, values: list) -> tuple[Region, ...]:
+    def _regions(use: bool, values: list, weight: float = 1.0) -> tuple[Region, ...]:
         if not use:
             return ()
         regions = []
         for i in range(N_REGIONS):
             text, box = values[2 * i], values[2 * i + 1]
             if str(text or "").strip():
-                regions.append(Region(str(text).strip(), *parse_box(box, f"region {i + 1}")))
+                regions.append(Region(str(text).strip(), *parse_box(box, f"region {i + 1}"), weight=float(weight)))
         if not regions:
             raise ValueError("regions are on but no region has a prompt; write one or untick 'Use regions'")
         return tuple(regions)
 
-    def request_from_form(self, negative, seed, steps, cfg, compare, use_regions, feather, region_mode, *rest) -> \
-            CompositionRequest:
+    def request_from_form(self, negative, seed, steps, cfg, compare, use_regions, feather, region_mode, region_weight,
+                          *rest) -> CompositionRequest:
         parts_v = list(rest[:2 * N_PARTS])
         stages_v = list(rest[2 * N_PARTS:2 * N_PARTS + 3 * N_STAGE_ROWS])
         regions_v = list(rest[2 * N_PARTS + 3 * N_STAGE_ROWS:])
         base = self._base(negative, seed, steps, cfg)
         parts = self._parts(parts_v)
-        regions = self._regions(bool(use_regions), regions_v)
+        regions = self._regions(bool(use_regions), regions_v, region_weight)
         stages = self._stages(stages_v)
         if regions and len(parts) == 1 and parts[0].weight == 1:
             # regions take one global prompt: the single part, as written
@@ -290,6 +293,9 @@ def build_composition_tab(handlers: CompositionHandlers, state: gr.State) -> Non
                                        info="add: each region adds its prompt's guidance inside its box (one scene); "
                                             "average: MultiDiffusion's average of whole-scene predictions",
                                        elem_id="compose_region_mode")
+                region_weight = gr.Slider(0.1, 5, value=handlers.region_weight, step=0.1,
+                                          label="Region weight (each region guides at weight x CFG)",
+                                          elem_id="compose_region_weight")
                 canvas = gr.ImageEditor(label="Draw a region: paint over its area, then press 'Use drawing'",
                                         type="numpy", image_mode="RGBA", canvas_size=(256, 256), height=300,
                                         sources=(), transforms=(), layers=False,
@@ -324,8 +330,8 @@ def build_composition_tab(handlers: CompositionHandlers, state: gr.State) -> Non
 
     gpu = dict(concurrency_limit=1, concurrency_id="gpu", show_progress="hidden")
     light = dict(concurrency_limit=None, concurrency_id="light", show_progress="hidden")
-    form = [negative, seed, steps, cfg, compare, use_regions, feather, region_mode, *part_widgets, *stage_widgets,
-            *region_widgets]
+    form = [negative, seed, steps, cfg, compare, use_regions, feather, region_mode, region_weight, *part_widgets,
+            *stage_widgets, *region_widgets]
     run.click(handlers.compose, inputs=[state, *form], outputs=[image, mono, timeline, progress, status], **gpu)
     stop.click(handlers.stop, inputs=[state], outputs=[status], **light)
     for w in part_widgets:
