@@ -346,13 +346,17 @@ def test_local_blend_masks_and_arithmetic():
     assert reference_region[0:4, 0:4].all() and reference_region.sum() == 16  # dilated by one latent pixel
     assert torch.equal(masks[2, 0].bool(), reference_region)  # a vanished subject adds nothing
     assert masks[0, 0, 4:8, 4:8].all() and (masks[0, 0].bool() & ~reference_region).sum() == 16
-    # after blend_start, each row is the reference outside its mask and itself inside
+    # after blend_start, each row is the reference where its weight is 0, itself where it is 1, a mix between
+    weights = blend.blend_weights()
+    assert torch.allclose(weights, torch.nn.functional.avg_pool2d(masks, 3, 1, 1, count_include_pad=False))
     latents = torch.randn(3, 4, 8, 8)
     blend.blend_start = 0.0
     out = blend.apply(5, 10, latents.clone(), scheduler=None)
-    outside = ~masks[0, 0].bool()
-    assert torch.equal(out[0][:, outside], latents[1][:, outside])
-    assert torch.equal(out[0][:, ~outside], latents[0][:, ~outside])
+    w = weights[0, 0]
+    assert torch.equal(out[0][:, w == 0], latents[1][:, w == 0]) and (w == 0).any()
+    assert torch.equal(out[0][:, w == 1], latents[0][:, w == 1]) and (w == 1).any()
+    between = (w > 0) & (w < 1)
+    assert torch.allclose(out[0][:, between], (latents[1] + w * (latents[0] - latents[1]))[:, between])
     assert torch.equal(out[1], latents[1])
 
 

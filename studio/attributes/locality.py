@@ -8,10 +8,11 @@ after every sampler step each slider image's latents are put back to the referen
 subject word is drawn, in either image. The mask is the subject's cross-attention (conditional rows, mean over
 heads and the subject's tokens) summed over layers and the steps so far, every image's queries scored against the
 *reference's* keys (a slider's delta lengthens the subject's key, so its own attention spreads over the whole
-image; the reference's key asks "where is the subject in this image" on one scale for all), dilated by one latent pixel, scaled
-between the reference map's median (the background) and its peak, and thresholded; the union of the image's own
-region and the reference's, so a shrinking subject leaves no ghost of its larger self and a growing one has room. Blending starts after ``blend_start`` of the steps
-(the masks need a few steps to settle).
+image; the reference's key asks "where is the subject in this image" on one scale for all), dilated by one latent
+pixel, scaled between the reference map's median (the background) and its peak, and thresholded; the union of the
+image's own region and the reference's, so a shrinking subject leaves no ghost of its larger self and a growing one
+has room. The blend weights are that mask averaged over 3x3 latent pixels (no hard seam). Blending starts after
+``blend_start`` of the steps (the masks need a few steps to settle).
 
 Cost: the reference image (one more row in the batch; a sweep that includes zero already has it) and explicit
 attention in the cross-attention layers.
@@ -80,8 +81,16 @@ class SubjectLocalBlend:
         self._pending = []
         if self.store is None or step < math.floor(self.blend_start * num_steps) or batch < 2:
             return latents
-        masks = self.masks().to(device=latents.device).bool()
-        return torch.where(masks, latents, latents[self.reference:self.reference + 1])  # the reference row: itself
+        soft = self.blend_weights().to(device=latents.device, dtype=latents.dtype)
+        ref = latents[self.reference:self.reference + 1]
+        mixed = torch.where(soft == 0, ref, ref + soft * (latents - ref))
+        return torch.where(soft == 1, latents, mixed)  # exact where the weight is 0 or 1; the reference row: itself
+
+    def blend_weights(self) -> torch.Tensor:
+        """``(batch, 1, h, w)`` weights of each image against the reference: :meth:`masks` averaged over 3x3
+        latent pixels, so the two latents meet over one pixel instead of at a hard edge (a hard edge left
+        off-colour seams where a growing subject met kept pixels)."""
+        return F.avg_pool2d(self.masks(), 3, stride=1, padding=1, count_include_pad=False)
 
     def masks(self) -> torch.Tensor:
         """``(batch, 1, h, w)`` 0/1 latent masks: each image's subject region united with the reference's.
