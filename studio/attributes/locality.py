@@ -9,7 +9,9 @@ subject word is drawn, in either image. The mask is the subject's cross-attentio
 heads and the subject's tokens) summed over layers and the steps so far, every image's queries scored against the
 *reference's* keys (a slider's delta lengthens the subject's key, so its own attention spreads over the whole
 image; the reference's key asks "where is the subject in this image" on one scale for all), dilated by one latent
-pixel, scaled between the reference map's median (the background) and its peak, and thresholded; the union of the
+pixel, scaled between the reference map's median (the background) and its peak, and thresholded at half way (0.3
+let the subject's region reach the other object more often: on 16 tuning sweeps, seeds apart from the bench's, the
+other object's largest change was 62% at 0.3 and 3.5% at 0.5, the subject's own 55% and 42%); the union of the
 image's own region and the reference's, so a shrinking subject leaves no ghost of its larger self and a growing one
 has room. The blend weights are that mask averaged over 3x3 latent pixels (no hard seam). Blending starts after
 ``blend_start`` of the steps (the masks need a few steps to settle).
@@ -41,7 +43,7 @@ class SubjectLocalBlend:
     ``[uncond x batch, cond x batch]``)."""
 
     def __init__(self, token_indices, reference: int, cond_rows: slice, *, blend_start: float = 0.2,
-                 threshold: float = 0.3):
+                 threshold: float = 0.5):
         if not token_indices:
             raise InvalidRequest("local blending needs the subject's token positions", "subject")
         if not 0.0 <= blend_start < 1.0:
