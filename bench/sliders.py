@@ -16,7 +16,8 @@ Sweeps (every one a batched run of all values on one seed's noise, through Attri
   hue     "a medium orange circle ...": hue red-yellow slider; Spearman rho(value, measured hue)
   hue2    "a medium blue circle ...": hue blue-purple slider; Spearman rho(value, measured hue)
 Speed (same process, same settings): p50 of a slider re-render (prompt encoding cached, new value each time) vs
-a plain generation; an 8-value batched sweep vs 8 sequential renders.
+a plain generation; a local slider render (with its reference row) vs the same; an 8-value batched sweep vs 8
+sequential renders.
 
 A method may carry "+local" (e.g. naive+local): the same slider with local blending (SubjectLocalBlend: everything
 but the subject kept as at zero).
@@ -257,13 +258,16 @@ def speed(controller, cfg, steps, repeats):
     session = SliderSession()
     limit = controller.definition("size").range
     values = [round(-limit + 2 * limit * i / 7, 3) for i in range(8)]
-    plain, slider, seq, batched = [], [], [], []
+    plain, slider, local, seq, batched = [], [], [], [], []
     for r in range(repeats + 1):
         t0 = time.perf_counter()
         plain_runner.run(base)
         t1 = time.perf_counter()
         controller.render(AttributeRequest(base, (SliderSetting("size", "circle", values[r % 8]),)), session=session)
         t2 = time.perf_counter()
+        controller.render(AttributeRequest(base, (SliderSetting("size", "circle", values[r % 8]),), local=True))
+        t_local = time.perf_counter() - t2
+        t2b = time.perf_counter()
         for v in values:
             controller.render(AttributeRequest(base, (SliderSetting("size", "circle", v),)), session=session)
         t3 = time.perf_counter()
@@ -272,11 +276,13 @@ def speed(controller, cfg, steps, repeats):
         if r:  # the first round warms up caches and allocators
             plain.append(t1 - t0)
             slider.append(t2 - t1)
-            seq.append(t3 - t2)
+            local.append(t_local)
+            seq.append(t3 - t2b)
             batched.append(t4 - t3)
-    s = {k: summary(v) for k, v in (("plain", plain), ("slider", slider), ("sequential8", seq),
+    s = {k: summary(v) for k, v in (("plain", plain), ("slider", slider), ("local", local), ("sequential8", seq),
                                       ("batched8", batched))}
     s["slider_over_plain"] = s["slider"]["p50_s"] / s["plain"]["p50_s"]
+    s["local_over_plain"] = s["local"]["p50_s"] / s["plain"]["p50_s"]
     s["sequential_over_batched"] = s["sequential8"]["p50_s"] / s["batched8"]["p50_s"]
     return s
 
@@ -341,9 +347,10 @@ def main() -> int:
         s = speed(controller, args.cfg, args.steps, args.repeats)
         payload["speed"] = s
         print()
-        print_table(["what", "p50 s"], [[k, s[k]["p50_s"]] for k in ("plain", "slider", "sequential8", "batched8")])
-        print(f"slider / plain = {s['slider_over_plain']:.3f}   8 sequential / 8 batched = "
-              f"{s['sequential_over_batched']:.2f}")
+        print_table(["what", "p50 s"], [[k, s[k]["p50_s"]] for k in ("plain", "slider", "local", "sequential8",
+                                                                     "batched8")])
+        print(f"slider / plain = {s['slider_over_plain']:.3f}   local slider / plain = {s['local_over_plain']:.3f}   "
+              f"8 sequential / 8 batched = {s['sequential_over_batched']:.2f}")
     name = "sliders-" + "-".join(m.replace("+", "-") for m in args.methods.split(",") if m) if results \
         else "sliders-speed"
     path = write_results(name, payload, args.out)
