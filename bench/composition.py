@@ -5,7 +5,8 @@ Quality (seeds are fixed; every prompt group is one batched run):
            seeds: (a) the monolithic prompt "A and B"; (b) AND composition "A AND B"; (c) regions: A in the left
            half, B in the right half (global prompt empty), the regions added (default mode) and averaged
            (MultiDiffusion), and added at each --region-weights weight. "bound": both objects present with their
-           colour and shape; "bound, exactly 2": and nothing else; "placed": each object in its own half (per object), "both placed": both in one image
+           colour and shape; "bound, exactly 2": and nothing else; "placed": each object in its own half (per
+           object), "both placed": both in one image
   pair_positioned  the same pairs with each object's side named ("a red circle on the left" + "a blue square on
            the right"): monolithic and AND
   not      "a circle AND NOT red" vs the plain "a circle" on the same seeds: share with a red circle; share with a

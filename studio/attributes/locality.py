@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from studio.engine import InvalidRequest
-from studio.inspection.attention import ProbabilityProcessor
+from studio.inspection.attention import ProbabilityProcessor, maps_on_latent_grid
 
 
 def _observe_only(layer: str, probs: torch.Tensor, heads: int) -> torch.Tensor:
@@ -77,8 +77,7 @@ class SubjectLocalBlend:
         for m in self._pending:
             if m.shape[0] != batch:
                 continue
-            side = int(round(math.sqrt(m.shape[-1] * w / h)))
-            up = F.interpolate(m.view(batch, 1, -1, side), size=(h, w), mode="bilinear", align_corners=False)
+            up = maps_on_latent_grid(m, h, w)
             self.store = up if self.store is None else self.store + up
         self._pending = []
         if self.store is None or step < math.floor(self.blend_start * num_steps) or batch < 2:

@@ -89,7 +89,8 @@ def region_masks(regions: Sequence[Region], height: int, width: int, feather: fl
 class RegionalGuidance:
     """Regional prompts: each region's prompt is evaluated, with its own uncond, on the latent crop around its box
     (the box snapped out to the UNet's multiple; the feather ramp lies inside the box), so its content is drawn
-    *inside* the box as a scene of its own; the global prompt's CFG prediction (from the engine's batched call) covers the image.
+    *inside* the box as a scene of its own; the global prompt's CFG prediction (from the engine's batched call)
+    covers the image.
     Crops of equal size share one UNet call (uncond and region rows batched), so two half-image regions cost one
     extra call per step on half-size inputs, twice. Two ways to combine, per pixel, with ``m_k`` the feathered box
     mask and ``w_k`` the region's weight:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from studio.engine import InvalidRequest, RunHooks
 from studio.engine.conditioning import encode_texts
-from studio.inspection.attention import ProbabilityProcessor
+from studio.inspection.attention import ProbabilityProcessor, maps_on_latent_grid
 
 from studio.attributes.directions import ReplaceCondEmbeddings
 
@@ -117,9 +117,7 @@ class PromptToPromptControl:
         if self._maps:  # this step's maps join the run's store (P2P blends with maps summed over the steps so far)
             h, w = latents.shape[-2:]
             for src, dst in self._maps:
-                side = int(round(math.sqrt(src.shape[-1] * w / h)))
-                both = torch.stack([src, dst]).float().view(2, 1, -1, side)
-                up = F.interpolate(both, size=(h, w), mode="bilinear", align_corners=False).sum(0, keepdim=True)
+                up = maps_on_latent_grid(torch.stack([src, dst]), h, w).sum(0, keepdim=True)
                 self._store = up if self._store is None else self._store + up
             self._maps = []
         if self._store is None or step < math.floor(self.blend_start * num_steps):

@@ -116,6 +116,14 @@ class CrossAttentionRecorder:
         return self.aggregate(size, steps=steps, layers=layers)[index, idx].mean(0)
 
 
+def maps_on_latent_grid(maps: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(n, queries)`` attention maps of one layer (queries in row-major order over that layer's grid, which has the
+    latent's aspect) as ``(n, 1, height, width)``, bilinearly upsampled to the latent grid."""
+    side = int(round(math.sqrt(maps.shape[-1] * width / height)))
+    return F.interpolate(maps.float().reshape(maps.shape[0], 1, -1, side), size=(height, width), mode="bilinear",
+                         align_corners=False)
+
+
 class ProbabilityProcessor:
     """diffusers' plain ``AttnProcessor`` computation with the attention probabilities made explicit:
     ``on_probs(layer, probs, heads)`` sees them (``(batch * heads, queries, keys)``) and returns the probabilities to
