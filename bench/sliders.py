@@ -74,11 +74,14 @@ def unwrap_hue(h: float) -> float:
     return h - 360.0 if h > 300 else h  # red sits at both ends of the hue circle
 
 
-def size_cases(n):
+def size_cases(n, size_word: str = "medium"):
+    """``size_word``: the size the prompt states ("" states none, so the seed alone sets the size at zero)."""
     cases = []
     for i in range(n):
         shape, colour, bg = SHAPES[i % 3], COLOURS[(i // 3) % 6], BACKGROUNDS[(i // 2) % 3]
-        cases.append((f"a medium {colour} {shape} on a {bg} background", shape, colour, 100 + i))
+        words = f"{size_word} {colour}" if size_word else colour
+        article = "an" if words[0] in "aeiou" else "a"
+        cases.append((f"{article} {words} {shape} on a {bg} background", shape, colour, 100 + i))
     return cases
 
 
@@ -136,7 +139,7 @@ def square_pixels_kept(frames, analyses, zero: int) -> list[float] | None:
 
 
 def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2=True,
-               parts=("size", "pair", "hue"), delay=0.0):
+               parts=("size", "pair", "hue"), delay=0.0, size_word="medium"):
     rows = {}
     base = dict(cfg=cfg, steps=steps)
     method, _, option = method.partition("+")  # "naive+local": the naive slider with local blending
@@ -156,7 +159,7 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
         # size, single object; "kept" compares each frame with the same seed's frame at zero (the slider must not
         # change colour or shape), so sweeps whose zero frame shows no object are left out
         rhos, kept, smooth, records = [], [], [], []
-        for prompt, shape, colour, seed in size_cases(n):
+        for prompt, shape, colour, seed in size_cases(n, size_word):
             learned_ready("size", shape)
             out = controller.sweep(SweepRequest(GenerationRequest(prompt=prompt, seed=seed, **base),
                                                 SliderSetting("size", shape, 0.0, method), tuple(values),
@@ -251,14 +254,16 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
 
 
 def speed(controller, cfg, steps, repeats):
-    """p50 seconds: plain generation, slider re-render, 8 sequential renders, one 8-value batched sweep."""
+    """p50 seconds: plain generation, slider re-render, local re-render (without and with the session's recorded
+    reference: the warm-up round records it, as a user's first local render does), 8 sequential renders, one
+    8-value batched sweep."""
     prompt = "a medium red circle and a medium blue square on a black background"
     base = GenerationRequest(prompt=prompt, seed=7, cfg=cfg, steps=steps)
     plain_runner = controller.generator.with_store(None)
-    session = SliderSession()
+    session, local_session = SliderSession(), SliderSession()
     limit = controller.definition("size").range
     values = [round(-limit + 2 * limit * i / 7, 3) for i in range(8)]
-    plain, slider, local, seq, batched = [], [], [], [], []
+    plain, slider, local, local_cached, seq, batched = [], [], [], [], [], []
     for r in range(repeats + 1):
         t0 = time.perf_counter()
         plain_runner.run(base)
@@ -267,6 +272,10 @@ def speed(controller, cfg, steps, repeats):
         t2 = time.perf_counter()
         controller.render(AttributeRequest(base, (SliderSetting("size", "circle", values[r % 8]),), local=True))
         t_local = time.perf_counter() - t2
+        t2c = time.perf_counter()
+        controller.render(AttributeRequest(base, (SliderSetting("size", "circle", values[r % 8]),), local=True),
+                          session=local_session)
+        t_local_cached = time.perf_counter() - t2c
         t2b = time.perf_counter()
         for v in values:
             controller.render(AttributeRequest(base, (SliderSetting("size", "circle", v),)), session=session)
@@ -277,14 +286,45 @@ def speed(controller, cfg, steps, repeats):
             plain.append(t1 - t0)
             slider.append(t2 - t1)
             local.append(t_local)
+            local_cached.append(t_local_cached)
             seq.append(t3 - t2b)
             batched.append(t4 - t3)
-    s = {k: summary(v) for k, v in (("plain", plain), ("slider", slider), ("local", local), ("sequential8", seq),
-                                      ("batched8", batched))}
+    s = {k: summary(v) for k, v in (("plain", plain), ("slider", slider), ("local", local),
+                                      ("local_cached", local_cached), ("sequential8", seq), ("batched8", batched))}
     s["slider_over_plain"] = s["slider"]["p50_s"] / s["plain"]["p50_s"]
     s["local_over_plain"] = s["local"]["p50_s"] / s["plain"]["p50_s"]
+    s["local_cached_over_plain"] = s["local_cached"]["p50_s"] / s["plain"]["p50_s"]
     s["sequential_over_batched"] = s["sequential8"]["p50_s"] / s["batched8"]["p50_s"]
+    s["unet_alone"] = unet_batching(controller.model, cfg, repeats)
     return s
+
+
+def unet_batching(model, cfg, repeats) -> dict:
+    """The ceiling of a batched sweep's gain on this machine: the UNet alone, 8 images in one call against one
+    image per call (with CFG's uncond rows: batch 16 vs 2), p50 of ``repeats`` rounds of 10 calls each."""
+    rows = 2 if cfg != 1.0 else 1
+    unet, size = model.unet, model.unet.config.sample_size
+    embeds = torch.randn(1, model.tokenizer.model_max_length, model.text_encoder.config.hidden_size,
+                         dtype=unet.dtype, device=model.device)
+    t = torch.tensor(500, device=model.device)
+
+    def call(batch: int) -> float:
+        x = torch.randn(batch, unet.config.in_channels, size, size, dtype=unet.dtype, device=model.device)
+        e = embeds.expand(batch, -1, -1).contiguous()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            unet(x, t, encoder_hidden_states=e)
+        return (time.perf_counter() - t0) / 10
+
+    one, eight = [], []
+    with torch.no_grad():
+        call(rows), call(8 * rows)  # warm-up
+        for _ in range(repeats):
+            one.append(call(rows))
+            eight.append(call(8 * rows))
+    out = {"one_image_call": summary(one), "eight_images_call": summary(eight)}
+    out["eight_single_calls_over_one_batched"] = 8 * out["one_image_call"]["p50_s"] / out["eight_images_call"]["p50_s"]
+    return out
 
 
 def main() -> int:
@@ -301,6 +341,8 @@ def main() -> int:
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-hue2", action="store_true", help="leave out the blue-purple hue sweeps")
     p.add_argument("--parts", default="size,pair,hue", help="which sweeps: size, pair, hue (comma-separated)")
+    p.add_argument("--size-word", default="medium",
+                   help="size word of the single-object size prompts ('' names no size: the seed sets it at zero)")
     p.add_argument("--delay", type=float, default=0.0, help="fraction of the steps run without the slider")
     p.add_argument("--directions", default=str(ROOT / "runs" / "bench_directions"),
                    help="direction cache (learned deltas are trained once and reused)")
@@ -331,7 +373,7 @@ def main() -> int:
         log(f"method {method}")
         results[method] = run_sweeps(controller, method, values, args.seeds, args.cfg, args.steps, args.learn_steps,
                                      log, hue2=not args.skip_hue2, parts=args.parts.split(","),
-                                     delay=args.delay)
+                                     delay=args.delay, size_word=args.size_word)
     headers = ["method", "size rho", "kept", "smooth", "pair other", "pair other/frame", "pair subject", "square kept",
                "sq px kept>=95%", "hue rho", "hue2 rho"]
     keys = ["size_rho", "size_kept", "size_smooth", "pair_other_change_median", "pair_other_change_median_per_frame",
@@ -342,16 +384,18 @@ def main() -> int:
         print_table(headers, rows)
     payload = {"machine": machine(torch.device("cpu")), "model": args.model, "weights_hash": model.weights_hash,
                "values": values, "seeds": args.seeds, "cfg": args.cfg, "steps": args.steps,
-               "learn_steps": args.learn_steps, "delay": args.delay, "parts": args.parts, "methods": results,
+               "learn_steps": args.learn_steps, "delay": args.delay, "size_word": args.size_word, "parts": args.parts, "methods": results,
                "quality_seconds": round(time.time() - t_start)}
     if not args.skip_speed:
         s = speed(controller, args.cfg, args.steps, args.repeats)
         payload["speed"] = s
         print()
-        print_table(["what", "p50 s"], [[k, s[k]["p50_s"]] for k in ("plain", "slider", "local", "sequential8",
-                                                                     "batched8")])
+        print_table(["what", "p50 s"], [[k, s[k]["p50_s"]] for k in ("plain", "slider", "local", "local_cached",
+                                                                     "sequential8", "batched8")])
         print(f"slider / plain = {s['slider_over_plain']:.3f}   local slider / plain = {s['local_over_plain']:.3f}   "
-              f"8 sequential / 8 batched = {s['sequential_over_batched']:.2f}")
+              f"local, reference recorded / plain = {s['local_cached_over_plain']:.3f}   "
+              f"8 sequential / 8 batched = {s['sequential_over_batched']:.2f}   UNet alone, 8 single calls / one "
+              f"batched call = {s['unet_alone']['eight_single_calls_over_one_batched']:.2f}")
     name = "sliders-" + "-".join(m.replace("+", "-") for m in args.methods.split(",") if m) if results \
         else "sliders-speed"
     path = write_results(name, payload, args.out)

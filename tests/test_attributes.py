@@ -412,6 +412,51 @@ def test_local_sweep_hidden_reference_and_single_renders(controller, tinyworld, 
         assert np.abs(pixels(frame) - pixels(single.images[0])).max() <= 3
 
 
+def test_local_render_reuses_the_sessions_reference(controller, monkeypatch):
+    """A session's first local render records its reference (slider at zero); later renders of the same base run
+    one image against it and give what the two-image render gives; another base records its own."""
+    from studio.attributes import locality
+
+    rows = []
+    original = locality.SubjectLocalBlend.apply
+
+    def counting(self, step, num_steps, latents, scheduler):
+        rows.append(latents.shape[0])
+        return original(self, step, num_steps, latents, scheduler)
+
+    monkeypatch.setattr(locality.SubjectLocalBlend, "apply", counting)
+    session = SliderSession()
+    first = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 1.0),), local=True),
+                              session=session)
+    recorded = session.local_reference
+    assert recorded is not None and len(recorded.latents) == BASE.steps == len(recorded.stores)
+    assert recorded.keys and all(k.dim() == 3 for k in recorded.keys.values())
+    assert set(rows) == {2}
+    rows.clear()
+    for v in (1.0, -1.5):
+        again = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", v),), local=True),
+                                  session=session)
+        fresh = controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", v),), local=True))
+        assert np.abs(pixels(again.images[0]) - pixels(fresh.images[0])).max() <= 3
+    assert np.abs(pixels(again.images[0]) - pixels(first.images[0])).max() > 3  # the slider still moves it
+    assert rows[:BASE.steps] == [1] * BASE.steps  # the session's renders carry no reference row
+    assert session.local_reference is recorded
+    other = replace(BASE, seed=BASE.seed + 1)
+    controller.render(AttributeRequest(other, (SliderSetting("size", "circle", 1.0),), local=True), session=session)
+    assert session.local_reference is not recorded and session.local_reference.key[1] == controller.validate(
+        AttributeRequest(other))
+
+
+def test_local_blend_refuses_two_references():
+    from studio.attributes.locality import LocalReference, SubjectLocalBlend
+
+    ref = LocalReference(key=(), latents=(), stores=(), keys={})
+    with pytest.raises(InvalidRequest, match="not both"):
+        SubjectLocalBlend((4,), reference=1, cond_rows=slice(2, 4), cached=ref)
+    with pytest.raises(InvalidRequest, match="not both"):
+        SubjectLocalBlend((4,), reference=None, cond_rows=slice(2, 4))
+
+
 def test_local_rejects_what_it_cannot_blend(controller):
     with pytest.raises(InvalidRequest, match="prompt-weight"):
         controller.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 1.0, "weight"),), local=True))

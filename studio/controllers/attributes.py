@@ -45,7 +45,7 @@ from studio.attributes.directions import (
     subject_token_indices,
 )
 from studio.attributes.learning import DirectionLearner, LearnSettings
-from studio.attributes.locality import SubjectLocalBlend
+from studio.attributes.locality import LocalReference, SubjectLocalBlend
 from studio.attributes.store import DirectionStore
 from studio.engine import CancelToken, GenerationRequest, InvalidRequest, LatentCache, RunHooks
 from studio.prompting import parse, plain_text, schedule
@@ -123,7 +123,8 @@ class SweepOutcome:
 
 
 class SliderSession:
-    """One user's render state: the encoded prompt and the last trajectory (for delayed re-renders).
+    """One user's render state: the encoded prompt, the last trajectory (for delayed re-renders) and the last
+    local render's reference at slider zero (so the next local render of the same base skips it).
 
     Kept per browser session (``gr.State``), never shared."""
 
@@ -131,6 +132,11 @@ class SliderSession:
         self.cache = LatentCache()
         self.last_base: GenerationRequest | None = None
         self.last_start: int = 0
+        self.local_reference: LocalReference | None = None
+
+    def reference_for(self, key: tuple) -> LocalReference | None:
+        ref = self.local_reference
+        return ref if ref is not None and ref.key == key else None
 
     def resume_step(self, base: GenerationRequest, start: int) -> int | None:
         """Steps before ``start`` are those of the last render (same base, which was unedited at least that
@@ -271,17 +277,22 @@ class AttributesController:
         base = self._prepare(request.base, request, "render")
         request = replace(request, base=base)
         # 2. hooks from the sliders (deltas computed or taken from the cache); a local render carries a reference
-        #    row at slider zero on the same noise, last in the batch, dropped before saving
+        #    row at slider zero on the same noise, last in the batch, dropped before saving, unless the session
+        #    recorded that reference in an earlier render of the same base
         start = start_step_for(request.delay, base.steps)
-        run_base, postprocess = base, None
+        run_base, postprocess, cached, reference_key = base, None, None, None
+        pairs = [(s, (float(s.value),)) for s in request.sliders]
         if request.local:
-            run_base = replace(base, batch_size=2, shared_seed=True)
-            pairs = [(s, (float(s.value), 0.0)) for s in request.sliders]
-            postprocess = _drop_reference
-        else:
-            pairs = [(s, (float(s.value),)) for s in request.sliders]
-        hooks = self._hooks(run_base, pairs, start,
-                            local=[s.subject for s in request.sliders] if request.local else None)
+            reference_key = (self.model.weights_hash, base,
+                             self._local_indices(base, [s.subject for s in request.sliders]))
+            cached = session.reference_for(reference_key) if session is not None else None
+            if cached is None:
+                run_base = replace(base, batch_size=2, shared_seed=True)
+                pairs = [(s, (float(s.value), 0.0)) for s in request.sliders]
+                postprocess = _drop_reference
+        hooks, blend = self._hooks(run_base, pairs, start,
+                                   local=[s.subject for s in request.sliders] if request.local else None,
+                                   cached=cached, record=session is not None and cached is None)
         # 3. run (resuming after the delay when the session's last render shares those steps; a local render
         #    re-runs every step, its masks accumulate attention from the first)
         resume = session.resume_step(run_base, start) if session is not None and not request.local else None
@@ -294,6 +305,9 @@ class AttributesController:
         if session is not None:
             session.last_base = run_base
             session.last_start = start  # steps from here on now carry this render's edits
+            recorded = blend.recorded(reference_key) if blend is not None else None
+            if recorded is not None:
+                session.local_reference = recorded
         timings = {**outcome.timings, "total": time.perf_counter() - t0}
         return AttributeOutcome(images=outcome.images, request=request, saved=outcome.saved, timings=timings,
                                 warnings=outcome.warnings, resumed_from=resume)
@@ -303,7 +317,7 @@ class AttributesController:
         inspection branch)."""
         for s in sliders:
             self._check_value(s)
-        return self._hooks(base, [(s, (float(s.value),)) for s in sliders], 0)
+        return self._hooks(base, [(s, (float(s.value),)) for s in sliders], 0)[0]
 
     def sweep(self, request: SweepRequest, *, save: bool = False, cancel: CancelToken | None = None,
               on_progress: ProgressCallback | None = None) -> SweepOutcome:
@@ -325,8 +339,8 @@ class AttributesController:
         # 2. hooks: the swept slider gets one value per image, the others one for all
         start = start_step_for(request.delay, base.steps)
         pairs = [(request.slider, run_values)] + [(s, (float(s.value),)) for s in request.others]
-        hooks = self._hooks(base, pairs, start, local=[request.slider.subject] if request.local else None,
-                            reference=run_values.index(0.0) if request.local else 0)
+        hooks, _ = self._hooks(base, pairs, start, local=[request.slider.subject] if request.local else None,
+                               reference=run_values.index(0.0) if request.local else 0)
         # 3. one batched run
         controls = [self._controls((replace(request.slider, value=v), *request.others), request.delay,
                                    sweep={"values": list(values), "index": i}, local=request.local)
@@ -386,10 +400,12 @@ class AttributesController:
                                  f"{definition.range:g}], got {v!r}", "value")
 
     def _hooks(self, base: GenerationRequest, pairs, start: int, *, local: Sequence[str] | None = None,
-               reference: int | None = None) -> RunHooks:
+               reference: int | None = None, cached: LocalReference | None = None,
+               record: bool = False) -> tuple[RunHooks, SubjectLocalBlend | None]:
         """``pairs`` = [(slider, values)]: values has one entry (all images) or one per image. ``local``: the
         subject words whose attention makes the local-blend masks, against batch row ``reference`` (default: the
-        last row, where :meth:`render` puts its reference)."""
+        last row, where :meth:`render` puts its reference) or against ``cached``, a reference recorded earlier
+        (then no row is one); ``record``: keep the reference row's trajectory. Returns the hooks and the blend."""
         shifts, edits = [], []
         for slider, values in pairs:
             definition = self.definition(slider.attribute)
@@ -407,14 +423,19 @@ class AttributesController:
         if shifts:
             edits.append(SubjectDirections(shifts, start))
         if not local:
-            return RunHooks(embedding_edits=edits)
-        text = slider_text(base.prompt)
-        indices = tuple(dict.fromkeys(i for word in local for i in
-                                      subject_token_indices(self.model.tokenizer, text, _check_subject_word(word))))
+            return RunHooks(embedding_edits=edits), None
         first = int(base.cfg != 1.0)  # the engine stacks [uncond x batch, cond x batch]; no uncond pass at CFG 1
-        blend = SubjectLocalBlend(indices, base.batch_size - 1 if reference is None else reference,
-                                  slice(first * base.batch_size, (first + 1) * base.batch_size))
-        return RunHooks(embedding_edits=edits, attention_processors=blend.processors, latent_edits=[blend])
+        row = None if cached is not None else base.batch_size - 1 if reference is None else reference
+        blend = SubjectLocalBlend(self._local_indices(base, local), row,
+                                  slice(first * base.batch_size, (first + 1) * base.batch_size), cached=cached,
+                                  record=record)
+        return RunHooks(embedding_edits=edits, attention_processors=blend.processors, latent_edits=[blend]), blend
+
+    def _local_indices(self, base: GenerationRequest, words: Sequence[str]) -> tuple[int, ...]:
+        """The token positions of the subject words a local blend follows (each once, in order)."""
+        text = slider_text(base.prompt)
+        return tuple(dict.fromkeys(i for word in words for i in
+                                   subject_token_indices(self.model.tokenizer, text, _check_subject_word(word))))
 
     def _controls(self, sliders, delay: float, sweep: dict | None = None, local: bool = False) -> dict:
         data = {"attributes": {"sliders": [s.to_json() for s in sliders], "delay": float(delay)}}
