@@ -164,7 +164,8 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
             out = controller.sweep(SweepRequest(GenerationRequest(prompt=prompt, seed=seed, **base),
                                                 SliderSetting("size", shape, 0.0, method), tuple(values),
                                                 local=local, delay=delay))
-            objs = [main_object(analyze(frame)) for frame in out.frames]
+            analyses = [analyze(frame) for frame in out.frames]
+            objs = [main_object(a) for a in analyses]
             radii = [o.radius if o else 0.0 for o in objs]
             at_zero = objs[zero]
             if at_zero is not None:
@@ -174,12 +175,16 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
             steps_ = [abs(b - a) for a, b in zip(radii, radii[1:])]
             smooth.append(span > 0.5 and max(steps_) <= 0.35 * span)
             records.append({"prompt": prompt, "seed": seed, "radii": [round(r, 2) for r in radii],
-                            "objects": [f"{o.colour} {o.shape}" if o else None for o in objs]})
+                            "objects": [f"{o.colour} {o.shape}" if o else None for o in objs],
+                            "objects_at_zero": len(analyses[zero].objects)})
         rows["size_rho"] = statistics.mean(rhos)
         rows["size_kept"] = statistics.mean(kept) if kept else None
         rows["size_smooth"] = statistics.mean(smooth)
+        # the prompt asks for one object; a second one at zero grows too and merges with it (a jump)
+        rows["size_zero_frames_with_more_objects"] = statistics.mean(r["objects_at_zero"] > 1 for r in records)
         rows["size_sweeps"] = records
-        log(f"  size: rho {rows['size_rho']:.3f} kept {rows['size_kept']:.3f} smooth {rows['size_smooth']:.3f}")
+        log(f"  size: rho {rows['size_rho']:.3f} kept {rows['size_kept']:.3f} smooth {rows['size_smooth']:.3f} "
+            f"zero frames with more than one object {rows['size_zero_frames_with_more_objects']:.3f}")
 
     if "pair" in parts:
         # specificity, two objects: seeds are scanned in order and the first n whose zero frame shows both a circle
