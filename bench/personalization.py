@@ -13,6 +13,7 @@ methods: textual-inversion (one vector), prospect (ten per-stage vectors, all st
 lora-resnets (the same, also on the 3x3 convolutions of every ResNet block).
 
     python bench/personalization.py [--shapes ring,star] [--methods textual-inversion,prospect,lora] [--seeds 64]
+                                     [--augment none|mirror|mirror+flip]
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def main() -> int:
     p.add_argument("--ti-lr", type=float, default=1e-3)
     p.add_argument("--lora-steps", type=int, default=300)
     p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--augment", default="none", choices=("none", "mirror", "mirror+flip"),
+                   help="train on the images plus mirrored copies (training.augmented)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--name", default="personalization")
     p.add_argument("--out", default=None)
@@ -99,7 +102,7 @@ def main() -> int:
     model = load_model("tinyworld")
     controller = PersonalizationController(model)
     results = {"model": "tinyworld", "weights_hash": model.weights_hash, "threads": torch.get_num_threads(),
-               "runs": []}
+               "augment": args.augment, "runs": []}
     rows = []
     for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
         images, token = training_images(shape), f"<{shape}>"
@@ -108,7 +111,7 @@ def main() -> int:
             drift = None
             if method in ("lora", "lora-resnets"):
                 result = train_lora(model, images, LoraSpec(token, INIT[shape], rank=args.rank, steps=args.lora_steps,
-                                                            resnets=method == "lora-resnets"))
+                                                            resnets=method == "lora-resnets", augment=args.augment))
                 engine = Engine(apply_loras(model, [(result.lora, 1.0)]))
                 seconds, losses = result.seconds, result.losses
 
@@ -119,7 +122,7 @@ def main() -> int:
                 drift = judge(circles, "circle", {})[0] / len(circles)
             else:
                 spec = TrainingSpec(token, INIT[shape], method=method, steps=args.ti_steps,
-                                    learning_rate=args.ti_lr, preview_every=0)
+                                    learning_rate=args.ti_lr, preview_every=0, augment=args.augment)
                 result = controller.train(TrainConceptRequest(tuple(images), spec))
                 seconds, losses = result.seconds, result.losses
                 use = ConceptUse(result.concept)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,8 @@ from studio.personalization.tokens import LearnedConcept, personalized_copy
 from studio.personalization.training import TrainingSpec, caption
 
 from tests.helpers import fingerprint
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -167,6 +170,31 @@ def test_tinyworld_captions_name_the_attributes():
     assert caption("<ring>", None, random.Random(1)).endswith("<ring>")
 
 
+def test_augmented_copies_and_their_captions():
+    from studio.personalization.training import augmented, image_attributes
+    from studio.tinyworld.scenes import SceneObject, scene_from_objects
+
+    pics = images(3)
+    assert augmented(pics, "none") == pics
+    mirrored = augmented(pics, "mirror")
+    assert len(mirrored) == 6 and mirrored[:3] == pics
+    assert mirrored[3].tobytes() == pics[0].transpose(Image.FLIP_LEFT_RIGHT).tobytes()
+    both = augmented(pics, "mirror+flip")
+    assert len(both) == 12 and both[9].tobytes() == pics[0].rotate(180).tobytes()
+    with pytest.raises(InvalidRequest, match="augment must be one of"):
+        augmented(pics, "rotate")
+    with pytest.raises(InvalidRequest, match="augment"):
+        TrainingSpec("<ring>", "circle", augment="sideways").check()
+
+    class TinyWorld:  # image_attributes only asks which kind of model it is
+        source_path = ROOT / "assets" / "tinyworld"
+
+    scene = scene_from_objects("black", [SceneObject("ring", "red", "large", 15.0, 14.0, 14.0)])
+    copies = augmented([scene.image], "mirror+flip")
+    places = [a["position"] for a in image_attributes(TinyWorld(), copies)]
+    assert places == ["at the top left", "at the top right", "at the bottom left", "at the bottom right"]
+
+
 def run_cli(model, *argv):
     out, err = io.StringIO(), io.StringIO()
     code = main([*map(str, argv)], load_model=lambda spec, **kw: model, stdout=out, stderr=err)
@@ -308,7 +336,7 @@ def test_cli_lora_train_then_generate(tiny_model, tmp_path):
         im.save(folder / f"{i}.png")
     code, out, err = run_cli(tiny_model, "personalize", "lora", "--images", folder, "--token", "<ring>",
                              "--init-word", "square", "--steps", 2, "--batch", 2, "--rank", 2, "--format", "kohya",
-                             "--resnets", "--out", tmp_path / "ring-lora.safetensors", "--json")
+                             "--resnets", "--augment", "mirror", "--out", tmp_path / "ring-lora.safetensors", "--json")
     assert code == 0, err
     assert json.loads(out)["method"] == "lora"
     from safetensors import safe_open

@@ -240,12 +240,13 @@ class LoraSpec:
     prior_images: int = 8
     prior_weight: float = 1.0
     resnets: bool = False  # also adapt the ResNet blocks' 3x3 convolutions (shapes are drawn there, not in words)
+    augment: str = "none"  # mirrored copies of the images (training.augmented)
 
     def check(self) -> None:
         from .training import TrainingSpec
 
         TrainingSpec(self.token, self.init_word, steps=self.steps, batch_size=self.batch_size,
-                     learning_rate=self.learning_rate).check()
+                     learning_rate=self.learning_rate, augment=self.augment).check()
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or not 1 <= self.rank <= 128:
             raise InvalidRequest(f"rank must be a whole number in 1..128, got {self.rank!r}", "rank")
         if not isinstance(self.resnets, bool):
@@ -266,13 +267,13 @@ def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = No
     from peft import LoraConfig, inject_adapter_in_model
 
     from .training import (
-        TrainingSpec, caption, caption_ids, image_attributes, initial_vectors, noised, prepare_images,
+        TrainingSpec, augmented, caption, caption_ids, image_attributes, initial_vectors, noised, prepare_images,
     )
 
     t0 = time.perf_counter()
     # 1. validate, images, latents, captions
     spec.check()
-    pictures = prepare_images(model, images)
+    pictures = augmented(prepare_images(model, images), spec.augment)
     attributes = image_attributes(model, pictures)
     vectors = initial_vectors(model, TrainingSpec(spec.token, spec.init_word))
     # prior preservation: the original model's own renders of the initializer word, captioned alike

@@ -35,6 +35,7 @@ MIN_IMAGES, MAX_IMAGES = 3, 20
 TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a close-up photo of a {}", "a {}",
              "a good photo of a {}", "a rendering of a {}", "a cropped photo of a {}")
 KEEP_PROBABILITY = 0.75
+AUGMENTS = ("none", "mirror", "mirror+flip")
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,11 @@ class TrainingSpec:
     preview_every: int = 100
     preview_prompt: str = ""
     checkpoint_every: int = 50
+    augment: str = "none"  # see augmented()
 
     def check(self) -> None:
         check_token(self.token)
+        check_augment(self.augment)
         if self.method not in ("textual-inversion", "prospect"):
             raise InvalidRequest(f"method must be textual-inversion or prospect, got {self.method!r}", "method")
         if not isinstance(self.init_word, str) or not self.init_word.strip():
@@ -96,6 +99,26 @@ def prepare_images(model, images) -> list[Image.Image]:
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
         out.append(image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS))
+    return out
+
+
+def check_augment(augment: str) -> None:
+    if augment not in AUGMENTS:
+        raise InvalidRequest(f"augment must be one of {', '.join(AUGMENTS)}, got {augment!r}", "augment")
+
+
+def augmented(images: list[Image.Image], augment: str) -> list[Image.Image]:
+    """The training images plus mirrored copies, the usual augmentation of textual inversion and DreamBooth
+    trainers (a few pictures otherwise teach their exact layout): ``"mirror"`` adds each image flipped left-right,
+    ``"mirror+flip"`` also upside down and both (for subjects that look right any way up, e.g. Tiny World's
+    shapes). On Tiny World every copy is captioned from what the analyzer reads in it (the place words change)."""
+    check_augment(augment)
+    if augment == "none":
+        return list(images)
+    out = list(images) + [im.transpose(Image.FLIP_LEFT_RIGHT) for im in images]
+    if augment == "mirror+flip":
+        out += [im.transpose(Image.FLIP_TOP_BOTTOM) for im in images]
+        out += [im.transpose(Image.ROTATE_180) for im in images]
     return out
 
 
@@ -173,7 +196,7 @@ def train_concept(model, images, spec: TrainingSpec, *, cancel: CancelToken | No
     t0 = time.perf_counter()
     # 1. validate
     spec.check()
-    pictures = prepare_images(model, images)
+    pictures = augmented(prepare_images(model, images), spec.augment)
     vectors = initial_vectors(model, spec)
     attributes = image_attributes(model, pictures)
     # 2. encode the images once; a model copy that knows the token
@@ -294,5 +317,6 @@ def _save_checkpoint(path: Path, key: dict, learned, optimiser, step: int, losse
     tmp.replace(path)
 
 
-__all__ = ["TrainingSpec", "TrainingResult", "train_concept", "preview", "prepare_images", "caption",
+__all__ = ["AUGMENTS", "TrainingSpec", "TrainingResult", "train_concept", "preview", "prepare_images", "augmented",
+           "caption",
            "image_attributes"]

@@ -25,7 +25,7 @@ from studio.personalization.formats import save_concept
 from studio.personalization.library import ConceptLibrary, check_name
 from studio.personalization.lora import LoraSpec, LoraWeights, save_lora
 from studio.personalization.tokens import LearnedConcept
-from studio.personalization.training import TrainingSpec
+from studio.personalization.training import AUGMENTS, TrainingSpec
 
 from .errors import USER_ERRORS, status_html, user_message
 from .generate_tab import FormLimits, progress_html
@@ -86,7 +86,7 @@ class PersonalizationHandlers:
     # ---- training
 
     def train(self, session: PersonalizationSession, gallery, method, token, init_word, steps, lr, rank,
-              preview_every, start_over, lora_resnets=False):
+              preview_every, start_over, lora_resnets=False, augment="none"):
         """Generator: yields (progress, preview image, status, concept choices, *LoRA slot choices)."""
         session = session if session is not None else PersonalizationSession()
         try:
@@ -96,13 +96,13 @@ class PersonalizationHandlers:
                 raise ValueError(f"method must be one of {', '.join(METHODS)}")
             if method == "lora":
                 spec = LoraSpec(token, str(init_word or ""), int(rank), int(steps), float(lr),
-                                resnets=bool(lora_resnets))
+                                resnets=bool(lora_resnets), augment=str(augment))
                 spec.check()
                 request = TrainLoraRequest(tuple(images), spec)
             else:
                 spec = TrainingSpec(token, str(init_word or ""), method, int(steps), float(lr),
                                     preview_every=int(preview_every),
-                                    checkpoint_every=max(1, min(50, int(steps) // 10)))
+                                    checkpoint_every=max(1, min(50, int(steps) // 10)), augment=str(augment))
                 spec.check()
                 request = TrainConceptRequest(tuple(images), spec)
         except USER_ERRORS as e:
@@ -306,6 +306,9 @@ def build_personalization_tab(handlers: PersonalizationHandlers, state: gr.State
                                          elem_id="pers_start_over")
                 lora_resnets = gr.Checkbox(value=False, label="LoRA also on the ResNet convolutions (new shapes)",
                                            elem_id="pers_lora_resnets")
+                augment = gr.Dropdown(list(AUGMENTS), value="none", label="Also train on mirrored copies",
+                                      info="mirror: left-right; mirror+flip: also upside down (subjects that look "
+                                           "right any way up)", elem_id="pers_augment")
             train, stop, progress, status = run_controls(
                 "pers", "Train", "Add 3 to 20 images, name a token, Train. Stop keeps a checkpoint; Train resumes.")
             preview = gr.Image(label="Preview while it learns", type="pil", interactive=False, height=200,
@@ -355,7 +358,8 @@ def build_personalization_tab(handlers: PersonalizationHandlers, state: gr.State
     if tinyworld:
         draw.click(handlers.examples, inputs=[shape, scene_seed], outputs=[images], **light)
     train.click(handlers.train, inputs=[state, images, method, token, init_word, steps, lr, rank, preview_every,
-                                        start_over, lora_resnets], outputs=[progress, preview, status, chosen, *slots[0::2]],
+                                        start_over, lora_resnets, augment],
+                outputs=[progress, preview, status, chosen, *slots[0::2]],
                 concurrency_limit=1, concurrency_id="train", show_progress="hidden")
     stop.click(handlers.stop, inputs=[state], outputs=[status], **light)
     render.click(handlers.render, inputs=[state, prompt, seed, gen_steps, cfg, chosen, stages, replacement, *slots],
