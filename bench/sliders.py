@@ -339,7 +339,7 @@ def main() -> int:
     p.add_argument("--values", type=int, default=9, help="slider values per sweep, evenly in [-range, range]")
     p.add_argument("--range", type=float, default=None, help="default: each attribute's own range")
     p.add_argument("--methods", default="naive,learned,weight")
-    p.add_argument("--learn-steps", type=int, default=200)
+    p.add_argument("--learn-steps", type=int, default=600)
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=7, help="speed: timed rounds (plus one warm-up)")

@@ -47,7 +47,7 @@ def add_attributes_parser(sub) -> None:
     p.add_argument("--local", action="store_true",
                    help="keep everything but the subject as at value 0 (local blending by the subject's attention)")
     p.add_argument("--learn", action="store_true", help="train the learned direction first if it is missing")
-    p.add_argument("--learn-steps", type=int, default=300)
+    p.add_argument("--learn-steps", type=int, default=600)
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--cfg", type=float, help="guidance scale (default: the model's)")
     p.add_argument("--model", default="tinyworld")

@@ -40,7 +40,7 @@ class LearnSettings:
     """How hard to train. ``pool_seeds`` x ``pool_steps`` noisy latents are drawn once by sampling the neutral
     prompt; each training step uses ``batch`` of them."""
 
-    steps: int = 300
+    steps: int = 600  # on Tiny World 150 steps left the shrinking half and the blue-purple hue weak (README)
     batch: int = 4
     lr: float = 0.1
     pool_seeds: int = 8

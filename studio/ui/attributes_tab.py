@@ -263,7 +263,7 @@ def build_attributes_tab(handlers: AttributesHandlers, state: gr.State) -> None:
             status = gr.HTML(status_html("Pick a subject word of the prompt and drag the slider."),
                              elem_id="attr_status")
             with gr.Accordion("Learn a direction (background training)", open=False):
-                learn_steps = gr.Slider(20, 2000, value=300, step=10, label="Training steps",
+                learn_steps = gr.Slider(20, 2000, value=600, step=10, label="Training steps",
                                         elem_id="attr_learn_steps")
                 with gr.Row():
                     learn = gr.Button("Learn / resume", elem_id="attr_learn")
