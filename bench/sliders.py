@@ -389,7 +389,8 @@ def main() -> int:
         print_table(headers, rows)
     payload = {"machine": machine(torch.device("cpu")), "model": args.model, "weights_hash": model.weights_hash,
                "values": values, "seeds": args.seeds, "cfg": args.cfg, "steps": args.steps,
-               "learn_steps": args.learn_steps, "delay": args.delay, "size_word": args.size_word, "parts": args.parts, "methods": results,
+               "learn_steps": args.learn_steps, "delay": args.delay, "size_word": args.size_word, "parts": args.parts,
+               "methods": results,
                "quality_seconds": round(time.time() - t_start)}
     if not args.skip_speed:
         s = speed(controller, args.cfg, args.steps, args.repeats)

@@ -44,7 +44,7 @@ class LocalReference:
     """The reference half of a local render (every slider at zero), recorded once and reused: ``latents`` and
     ``stores`` (its summed subject map) after every sampler step, ``(1, C, h, w)`` and ``(1, 1, h, w)``, and each
     cross-attention layer's reference keys ``(heads, tokens, dim)``. ``key`` says which render it belongs to (the
-    base request and the subject's tokens); a render with another key must not use it."""
+    model's weights, the base request and the subject's tokens); a render with another key must not use it."""
 
     key: tuple
     latents: tuple[torch.Tensor, ...]

@@ -318,5 +318,4 @@ def _save_checkpoint(path: Path, key: dict, learned, optimiser, step: int, losse
 
 
 __all__ = ["AUGMENTS", "TrainingSpec", "TrainingResult", "train_concept", "preview", "prepare_images", "augmented",
-           "caption",
-           "image_attributes"]
+           "caption", "image_attributes"]

@@ -254,8 +254,8 @@ def build_attributes_tab(handlers: AttributesHandlers, state: gr.State) -> None:
             delay = gr.Slider(0, 0.9, value=0.0, step=0.05, label="Delay (fraction of steps without sliders; keeps "
                                                                    "the layout)", elem_id="attr_delay")
             local = gr.Checkbox(value=False, label="Keep the rest of the picture (local blending: only the subject "
-                                                   "changes; the first render also draws a reference at zero, ~1.5x the time; "
-                                                   "later moves reuse it)",
+                                                   "changes; the first render also draws a reference at zero, "
+                                                   "~1.5x the time; later moves reuse it)",
                                 elem_id="attr_local")
             with gr.Row():
                 render = gr.Button("Render", variant="primary", elem_id="attr_render")
