@@ -139,7 +139,7 @@ def square_pixels_kept(frames, analyses, zero: int) -> list[float] | None:
 
 
 def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2=True,
-               parts=("size", "pair", "hue"), delay=0.0, size_word="medium"):
+               parts=("size", "pair", "hue"), delay=0.0, size_word="medium", learn_scale_max=None):
     rows = {}
     base = dict(cfg=cfg, steps=steps)
     method, _, option = method.partition("+")  # "naive+local": the naive slider with local blending
@@ -151,7 +151,7 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
         if method != "learned" or controller.has_learned(attribute, subject):
             return
         t0 = time.time()
-        controller.learner(attribute, subject, LearnSettings(steps=learn_steps)).run()
+        controller.learner(attribute, subject, LearnSettings(steps=learn_steps, scale_max=learn_scale_max)).run()
         log(f"  learned {attribute!r} on {subject!r} in {time.time() - t0:.0f}s")
 
     zero = values.index(0.0) if 0.0 in values else len(values) // 2
@@ -340,6 +340,8 @@ def main() -> int:
     p.add_argument("--range", type=float, default=None, help="default: each attribute's own range")
     p.add_argument("--methods", default="naive,learned,weight")
     p.add_argument("--learn-steps", type=int, default=600)
+    p.add_argument("--learn-scale-max", type=float, default=None,
+                   help="learned directions: largest |s| trained on (default: the attribute's range)")
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=7, help="speed: timed rounds (plus one warm-up)")
@@ -378,7 +380,8 @@ def main() -> int:
         log(f"method {method}")
         results[method] = run_sweeps(controller, method, values, args.seeds, args.cfg, args.steps, args.learn_steps,
                                      log, hue2=not args.skip_hue2, parts=args.parts.split(","),
-                                     delay=args.delay, size_word=args.size_word)
+                                     delay=args.delay, size_word=args.size_word,
+                                     learn_scale_max=args.learn_scale_max)
     headers = ["method", "size rho", "kept", "smooth", "pair other", "pair other/frame", "pair subject", "square kept",
                "sq px kept>=95%", "hue rho", "hue2 rho"]
     keys = ["size_rho", "size_kept", "size_smooth", "pair_other_change_median", "pair_other_change_median_per_frame",
@@ -389,8 +392,8 @@ def main() -> int:
         print_table(headers, rows)
     payload = {"machine": machine(torch.device("cpu")), "model": args.model, "weights_hash": model.weights_hash,
                "values": values, "seeds": args.seeds, "cfg": args.cfg, "steps": args.steps,
-               "learn_steps": args.learn_steps, "delay": args.delay, "size_word": args.size_word, "parts": args.parts,
-               "methods": results,
+               "learn_steps": args.learn_steps, "learn_scale_max": args.learn_scale_max, "delay": args.delay,
+               "size_word": args.size_word, "parts": args.parts, "methods": results,
                "quality_seconds": round(time.time() - t_start)}
     if not args.skip_speed:
         s = speed(controller, args.cfg, args.steps, args.repeats)

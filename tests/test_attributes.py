@@ -267,6 +267,25 @@ def test_learner_trains_delta_cancels_and_resumes(sd1, tmp_path):
     assert all(torch.equal(v, unet_before[k]) for k, v in sd1.unet.state_dict().items())
 
 
+def test_learner_scale_range(sd1, monkeypatch):
+    """The scales s trained on reach the attribute's range by default, ``scale_max`` when set; bad values refused."""
+    import random
+
+    definition = AttributeDefinition("age", "person", "an old {subject}", "a young {subject}", 2.0)
+    with pytest.raises(InvalidRequest, match="scale_max"):
+        LearnSettings(scale_max=0.05)
+    with pytest.raises(InvalidRequest, match="scale_max"):
+        LearnSettings(scale_max=True)
+    upper = []
+    original = random.Random.uniform
+    monkeypatch.setattr(random.Random, "uniform", lambda self, a, b: upper.append(b) or original(self, a, b))
+    for top in (None, 5.0):
+        upper.clear()
+        DirectionLearner(sd1, definition, "person",
+                         LearnSettings(steps=2, batch=2, pool_seeds=1, pool_steps=2, scale_max=top)).run()
+        assert upper and set(upper) == {2.0 if top is None else 5.0}
+
+
 def test_learned_method_through_controller(tinyworld, tmp_path):
     controller = AttributesController(tinyworld, directions_root=tmp_path)
     job = controller.learner("size", "circle", LearnSettings(steps=2, batch=2, pool_seeds=1, pool_steps=2))

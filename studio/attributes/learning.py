@@ -48,6 +48,7 @@ class LearnSettings:
     neutral: str = "a {subject}"
     seed: int = 0
     checkpoint_every: int = 50
+    scale_max: float | None = None  # largest |s| trained on; None: the attribute's range (the reference: 5)
 
     def __post_init__(self):
         for name in ("steps", "batch", "pool_seeds", "pool_steps", "checkpoint_every"):
@@ -58,6 +59,9 @@ class LearnSettings:
             raise InvalidRequest(f"lr must be a number in (0, 10], got {self.lr!r}", "lr")
         if "{subject}" not in self.neutral:
             raise InvalidRequest(f"neutral must contain {{subject}}, got {self.neutral!r}", "neutral")
+        s = self.scale_max
+        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.1 < s <= 20):
+            raise InvalidRequest(f"scale_max must be a number in (0.1, 20] or None, got {s!r}", "scale_max")
 
 
 @dataclass
@@ -153,7 +157,8 @@ class DirectionLearner:
                 return self._cancelled()
             picks = [rng.randrange(len(pool)) for _ in range(s.batch)]
             tmpl = [rng.randrange(len(templates)) for _ in range(s.batch)]
-            scales = torch.tensor([rng.uniform(0.1, self.definition.range) * rng.choice((-1, 1))
+            top = self.definition.range if s.scale_max is None else s.scale_max
+            scales = torch.tensor([rng.uniform(0.1, top) * rng.choice((-1, 1))
                                    for _ in range(s.batch)], device=model.device)
             x_t = torch.stack([pool[i][0] for i in picks]).to(model.device)
             t = torch.tensor([pool[i][1] for i in picks], device=model.device)
