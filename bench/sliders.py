@@ -44,7 +44,7 @@ import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from bench._common import machine, print_table, summary, write_results  # noqa: E402
-from studio.attributes.learning import LearnSettings  # noqa: E402
+from studio.attributes.learning import ImageLearnSettings, LearnSettings  # noqa: E402
 from studio.controllers.attributes import (  # noqa: E402
     AttributeRequest, AttributesController, SliderSession, SliderSetting, SweepRequest,
 )
@@ -148,11 +148,13 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
     local = option == "local"
 
     def learned_ready(attribute, subject):
-        if method != "learned" or controller.has_learned(attribute, subject):
+        if method not in ("learned", "learned-images") or controller.has_learned(attribute, subject, method):
             return
         t0 = time.time()
-        controller.learner(attribute, subject, LearnSettings(steps=learn_steps, scale_max=learn_scale_max)).run()
-        log(f"  learned {attribute!r} on {subject!r} in {time.time() - t0:.0f}s")
+        settings = ImageLearnSettings(steps=learn_steps) if method == "learned-images" \
+            else LearnSettings(steps=learn_steps, scale_max=learn_scale_max)
+        controller.learner(attribute, subject, settings).run()
+        log(f"  learned {attribute!r} on {subject!r} ({method}) in {time.time() - t0:.0f}s")
 
     zero = values.index(0.0) if 0.0 in values else len(values) // 2
     if "size" in parts:
@@ -238,6 +240,9 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
     if "hue" in parts:
         hues = [("hue", "hue red-yellow", "orange")] + ([("hue2", "hue blue-purple", "blue")] if hue2 else [])
         for key, attribute, colour in hues:
+            if method == "learned-images" and controller.definition(attribute).examples is None:
+                log(f"  {attribute}: no example images in its preset, so no learned-images direction")
+                continue
             learned_ready(attribute, "circle")
             hue_rhos, hue_records = [], []
             for i in range(n):

@@ -23,6 +23,8 @@ the studio metadata (settings, the slider values, provenance). Existing files of
 
 methods: naive   direction from the attribute's phrasing pair, averaged over templates (computed once, cached)
          learned direction fitted with the model's denoising loss; train it with --learn (cached afterwards)
+         learned-images  fitted with the denoising loss on example pictures drawn for every value (attributes
+                 whose preset has "examples", e.g. Tiny World's size and hue); --learn trains it
          weight  baseline: the attribute's words written into the prompt, weighted by |value| / range
 
 examples:
@@ -42,7 +44,7 @@ def add_attributes_parser(sub) -> None:
     p.add_argument("--attribute", help="attribute name (see --list)")
     p.add_argument("--values", help="comma-separated slider values, e.g. -2,-1,0,1,2")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0); every value uses the same noise")
-    p.add_argument("--method", default="naive", choices=["naive", "learned", "weight"])
+    p.add_argument("--method", default="naive", choices=["naive", "learned", "learned-images", "weight"])
     p.add_argument("--delay", type=float, default=0.0, help="fraction of steps run without the slider (0..1)")
     p.add_argument("--local", action="store_true",
                    help="keep everything but the subject as at value 0 (local blending by the subject's attention)")
@@ -81,7 +83,7 @@ def cmd_attributes(args: argparse.Namespace, ctx: Context) -> int:
         from studio.controllers.attributes import (
             MAX_SWEEP, AttributeRequest, AttributesController, SliderSetting, SweepRequest,
         )
-        from studio.attributes.learning import LearnSettings
+        from studio.attributes.learning import ImageLearnSettings, LearnSettings
         from studio.engine import InvalidRequest
         from studio.models import ModelLoadError
         from studio.models import load_model as default_loader
@@ -117,12 +119,13 @@ def cmd_attributes(args: argparse.Namespace, ctx: Context) -> int:
             definition = controller.definition(args.attribute)
             for v in values:
                 controller.validate(AttributeRequest(base, (replace(slider, value=v),), args.delay, args.local))
-            if args.method == "learned" and not controller.has_learned(definition, args.subject):
+            if args.method in LEARNED and not controller.has_learned(definition, args.subject, args.method):
                 if not args.learn:
-                    raise UsageError(f"no learned direction for {definition.name!r} on {args.subject!r} yet; "
+                    raise UsageError(f"no {args.method} direction for {definition.name!r} on {args.subject!r} yet; "
                                      "add --learn to train it first (or use --method naive)")
-                job = controller.learner(definition, args.subject, LearnSettings(steps=args.learn_steps),
-                                         cfg=base.cfg)
+                settings = ImageLearnSettings(steps=args.learn_steps) if args.method == "learned-images" \
+                    else LearnSettings(steps=args.learn_steps)
+                job = controller.learner(definition, args.subject, settings, cfg=base.cfg)
                 job.start()
                 while job.running:
                     job.join(1.0)

@@ -13,7 +13,8 @@ from studio.attributes.definitions import AttributeDefinition, definitions_for, 
 from studio.attributes.directions import (
     SubjectDirections, SubjectShift, emphasis_embeddings, encode_cond, naive_direction, subject_token_indices,
 )
-from studio.attributes.learning import DirectionLearner, LearnSettings
+from studio.attributes.examples import ExampleSpec, TinyWorldExamples
+from studio.attributes.learning import DirectionLearner, ImageLearnSettings, LearnSettings
 from studio.attributes.store import DirectionStore
 from studio.controllers.attributes import (
     AttributeRequest, AttributesController, SliderSession, SliderSetting, SweepRequest, animate,
@@ -216,6 +217,7 @@ def test_weight_baseline(controller, tinyworld):
     (SliderSetting("nope", "circle", 1.0), "unknown attribute"),
     (SliderSetting("size", "circle", 1.0, "magic"), "unknown method"),
     (SliderSetting("size", "circle", 1.0, "learned"), "no learned direction"),
+    (SliderSetting("size", "circle", 1.0, "learned-images"), "no learned-images direction"),
 ])
 def test_bad_sliders_are_rejected_clearly(controller, slider, match):
     with pytest.raises(InvalidRequest, match=match):
@@ -286,6 +288,85 @@ def test_learner_scale_range(sd1, monkeypatch):
         assert upper and set(upper) == {2.0 if top is None else 5.0}
 
 
+def test_example_spec_interpolates_and_validates():
+    size = ExampleSpec.from_json({"scene": "radius", "points": [[-1.5, 5], [0, 11], [1.5, 19]]})
+    assert size.parameter(-1.5) == 5 and size.parameter(0.0) == 11 and size.parameter(0.75) == pytest.approx(15)
+    assert size.parameter(-0.75) == pytest.approx(8) and size.parameter(9.0) == 19  # clamped at the ends
+    hue = ExampleSpec.from_json({"scene": "colour", "points": [[-2, [220, 40, 40]], [2, [236, 210, 40]]]})
+    assert hue.parameter(0.0) == (228, 125, 40)
+    assert ExampleSpec.from_json(size.to_json()) == size
+    for bad, match in [({"scene": "age", "points": [[0, 1], [1, 2]]}, "scene"),
+                       ({"scene": "radius", "points": [[0, 5]]}, "at least two"),
+                       ({"scene": "radius", "points": [[1, 5], [0, 9]]}, "increasing"),
+                       ({"scene": "radius", "points": [[0, 5], [1, 90]]}, "radius"),
+                       ({"scene": "colour", "points": [[0, [1, 2]], [1, [3, 4, 5]]]}, "colour"),
+                       ({"scene": "radius", "points": [[0, 5], [1, 9]], "extra": 1}, "exactly")]:
+        with pytest.raises(ValueError, match=match):
+            ExampleSpec.from_json(bad)
+    with pytest.raises(ValueError, match="cover the slider's range"):
+        AttributeDefinition("size", "circle", "a huge {subject}", "a tiny {subject}", 2.0, examples=size)
+
+
+def test_example_images_follow_the_slider_value():
+    """The pictures drawn for a value show the subject at the spec's radius (the analyzer measures it) and the
+    caption names the subject; a colour spec paints the subject its interpolated colour."""
+    import random
+
+    from studio.tinyworld.analyzer import analyze
+
+    spec = ExampleSpec.from_json({"scene": "radius", "points": [[-1.5, 5], [0, 11], [1.5, 19]]})
+    source = TinyWorldExamples(spec, "square", value_range=1.5)
+    rng = random.Random(3)
+    wanted, measured = [], []
+    for _ in range(24):
+        example = source.draw(rng)
+        assert -1.5 <= example.value <= 1.5 and "square" in example.caption
+        squares = [o for o in analyze(example.image).objects if o.shape == "square"]
+        if squares:
+            wanted.append(spec.parameter(example.value))
+            measured.append(max(o.radius for o in squares))
+    assert len(measured) >= 20
+    assert np.corrcoef(wanted, measured)[0, 1] > 0.95
+    colour = ExampleSpec.from_json({"scene": "colour", "points": [[-2, [40, 80, 220]], [2, [140, 60, 190]]]})
+    example = TinyWorldExamples(colour, "circle", value_range=2.0).draw(random.Random(1))
+    assert tuple(np.asarray(example.image).reshape(-1, 3).tolist()).count(list(colour.parameter(example.value))) \
+        > 20
+    assert not any(c in example.caption for c in ("blue", "purple"))  # the slider, not the caption, sets it
+    with pytest.raises(ValueError, match="Tiny World shapes"):
+        TinyWorldExamples(spec, "person", value_range=1.5)
+
+
+def test_image_learner_trains_cancels_and_resumes(tinyworld, tmp_path):
+    definition = next(d for d in definitions_for(tinyworld) if d.name == "size")
+    unet_before = {k: v.clone() for k, v in tinyworld.unet.state_dict().items()}
+    ckpt = tmp_path / "partial.pt"
+    settings = ImageLearnSettings(steps=4, batch=2, checkpoint_every=2)
+    first = DirectionLearner(tinyworld, definition, "circle", settings, checkpoint=str(ckpt))
+    first.on_step = lambda progress: first.cancel() if progress.step == 2 else None
+    assert first.run() is None and first.progress.state == "cancelled" and ckpt.is_file()
+    second = DirectionLearner(tinyworld, definition, "circle", settings, checkpoint=str(ckpt))
+    delta = second.run()
+    assert "resumed at step 2" in second.progress.message and second.progress.step == 4
+    assert torch.isfinite(delta).all() and delta.norm() > 0 and not ckpt.exists()
+    assert all(torch.equal(v, unet_before[k]) for k, v in tinyworld.unet.state_dict().items())
+    with pytest.raises(InvalidRequest, match="no example images"):
+        DirectionLearner(tinyworld, SIZE, "circle", settings).run()
+
+
+def test_learned_images_method_through_controller(tinyworld, tmp_path):
+    controller = AttributesController(tinyworld, directions_root=tmp_path)
+    with pytest.raises(InvalidRequest, match="no example images"):
+        controller.learner("hue red-yellow", "circle", ImageLearnSettings(steps=2))
+    controller.learner("size", "circle", ImageLearnSettings(steps=2, batch=2)).run()
+    assert controller.has_learned("size", "circle", "learned-images")
+    assert not controller.has_learned("size", "circle")  # the guidance-matched one is a different direction
+    files = list(tmp_path.rglob("*.safetensors"))
+    assert len(files) == 1 and "learned-images" in str(files[0])
+    again = AttributesController(tinyworld, directions_root=tmp_path)
+    out = again.render(AttributeRequest(BASE, (SliderSetting("size", "circle", 1.0, "learned-images"),)))
+    assert len(out.images) == 1
+
+
 def test_learned_method_through_controller(tinyworld, tmp_path):
     controller = AttributesController(tinyworld, directions_root=tmp_path)
     job = controller.learner("size", "circle", LearnSettings(steps=2, batch=2, pool_seeds=1, pool_steps=2))
@@ -330,6 +411,8 @@ def test_sd1_presets_compute_on_random_weights(sd1, tmp_path):
                       "range": -1}]}, "attributes[0]"),
     ({"attributes": [{"name": "a", "subject": "x", "positive": "a {subject}", "negative": "b {subject}",
                       "colour": 1}]}, "attributes[0].colour"),
+    ({"attributes": [{"name": "a", "subject": "x", "positive": "a {subject}", "negative": "b {subject}",
+                      "examples": {"scene": "radius", "points": [[-2, 5]]}}]}, "attributes[0]"),
 ])
 def test_bad_definition_files_name_the_field(tmp_path, patch, field):
     good = json.loads((load_definitions.__globals__["presets_dir"]() / "tinyworld.json").read_text())

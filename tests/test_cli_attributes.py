@@ -57,6 +57,8 @@ def test_list_shows_the_models_attributes(model):
     (["--prompt", PROMPT, "--subject", "circle", "--attribute", "age", "--values", "1"], "unknown attribute"),
     (["--prompt", PROMPT, "--subject", "circle", "--attribute", "size", "--values", "1", "--method", "learned"],
      "--learn"),
+    (["--prompt", PROMPT, "--subject", "circle", "--attribute", "size", "--values", "1", "--method",
+      "learned-images"], "no learned-images direction"),
 ])
 def test_bad_input_exits_2_with_one_line(model, tmp_path, argv, expected):
     code, out, err = run(model, *argv, "--out-dir", tmp_path / "o", "--directions", tmp_path / "d")

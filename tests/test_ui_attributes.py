@@ -80,6 +80,15 @@ def test_learn_streams_progress_and_saves(handlers):
     assert "nothing is being learned" in handlers.cancel_learning(session)
 
 
+def test_learn_from_example_images_when_that_direction_is_chosen(handlers):
+    session = AttributesSession()
+    lines = list(handlers.learn(session, "size", "circle", 2, 3.0, "learned-images"))
+    assert any("from example images" in line for line in lines) and "learning done" in lines[-1]
+    assert handlers.controller.has_learned("size", "circle", "learned-images")
+    lines = list(handlers.learn(session, "warmth", "circle", 2, 3.0, "learned-images"))
+    assert "no example images" in lines[-1]  # a clear message, not a traceback
+
+
 def test_local_render_and_sweep(handlers):
     """The "keep the rest" checkbox reaches the controller for renders and sweeps."""
     session = AttributesSession()

@@ -15,8 +15,10 @@ File format::
 ``positive``/``negative`` are phrasings with a ``{subject}`` slot; the subject is the default subject word (the
 UI and CLI may aim the slider at another word: the direction is then computed for that word). ``templates``
 (with a ``{phrase}`` slot) are the contexts the optimization-free direction is averaged over; an attribute may
-carry its own ``templates``. ``range`` is the slider's maximum magnitude. Bad files raise
-:class:`~studio.presets.PresetError` naming the file and field.
+carry its own ``templates``. ``range`` is the slider's maximum magnitude. An attribute may also say how to draw
+example pictures for any value (``"examples"``, see :mod:`studio.attributes.examples`), which the
+``learned-images`` method learns from.
+Bad files raise :class:`~studio.presets.PresetError` naming the file and field.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from studio.attributes.examples import ExampleSpec
 from studio.presets import PresetError
 
 FORMAT_VERSION = 1
@@ -47,6 +50,7 @@ class AttributeDefinition:
     range: float = 2.0
     templates: tuple[str, ...] = ("{phrase}",)
     description: str = ""
+    examples: ExampleSpec | None = None
 
     def __post_init__(self):
         for field in ("name", "subject", "positive", "negative"):
@@ -66,15 +70,26 @@ class AttributeDefinition:
             raise ValueError(f"range must be a number in (0, {MAX_RANGE:g}], got {r!r}")
         if not self.templates or not all(isinstance(t, str) and "{phrase}" in t for t in self.templates):
             raise ValueError("templates must be a non-empty list of strings with a {phrase} slot")
+        if self.examples is not None:
+            if not isinstance(self.examples, ExampleSpec):
+                raise ValueError(f"examples must be an ExampleSpec, got {type(self.examples).__name__}")
+            lo, hi = self.examples.span
+            if lo > -self.range + 1e-9 or hi < self.range - 1e-9:
+                raise ValueError(f"examples.points must cover the slider's range [-{self.range:g}, {self.range:g}]"
+                                 f", they cover [{lo:g}, {hi:g}]")
 
-    def key(self) -> str:
-        """Short hash of what determines the direction (not the name, range or description)."""
+    def key(self, method: str = "naive") -> str:
+        """Short hash of what determines the direction (not the name, range or description); a direction learned
+        from example images also depends on the examples."""
         core = {"positive": self.positive, "negative": self.negative, "templates": list(self.templates)}
+        if method == "learned-images" and self.examples is not None:
+            core["examples"] = self.examples.to_json()
         return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:12]
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["templates"] = list(self.templates)
+        data["examples"] = self.examples.to_json() if self.examples is not None else None
         return data
 
 
@@ -111,7 +126,7 @@ def parse_definitions(document: Any, *, path: Path | str = "<attributes>") -> tu
     items = document.get("attributes")
     if not isinstance(items, list) or not items:
         raise PresetError(path, "must be a non-empty list of attribute objects", "attributes")
-    fields = {"name", "subject", "positive", "negative", "range", "templates", "description"}
+    fields = {"name", "subject", "positive", "negative", "range", "templates", "description", "examples"}
     out: list[AttributeDefinition] = []
     for i, item in enumerate(items):
         where = f"attributes[{i}]"
@@ -127,7 +142,8 @@ def parse_definitions(document: Any, *, path: Path | str = "<attributes>") -> tu
         if not isinstance(own, list):
             raise PresetError(path, "must be a list of strings with a {phrase} slot", f"{where}.templates")
         try:
-            definition = AttributeDefinition(**{**item, "templates": tuple(own)})
+            examples = ExampleSpec.from_json(item["examples"]) if "examples" in item else None
+            definition = AttributeDefinition(**{**item, "templates": tuple(own), "examples": examples})
         except (TypeError, ValueError) as e:
             raise PresetError(path, str(e), where) from None
         if any(d.name == definition.name for d in out):

@@ -11,7 +11,19 @@ The loss is taken in the model's own output space (epsilon or v). The reference 
 epsilon model that weighs the noisiest steps by (1 - abar) / abar (thousands), so one step of the pool would
 dominate; the output space keeps every noise level in play.
 
-with AdamW at lr 0.1 on the single delta vector. The UNet and text encoder are never changed (their weights do
+with AdamW at lr 0.1 on the single delta vector.
+
+From example images (method ``learned-images``, :class:`ImageLearnSettings`): when the attribute's definition says
+how to draw a picture for any slider value (:mod:`studio.attributes.examples`), the delta is fitted with the
+model's plain denoising loss on those pictures, the subject's tokens shifted by each picture's own value s:
+
+    loss = || f(noised(x0_s), c + s * delta at subject) - (eps or v) ||^2,   s ~ U(-range, range)
+
+so every value in between is taught, not only what the phrasing pair makes the model draw (Concept Sliders'
+image-pair sliders, Gandikota et al. 2023, with a continuum of values instead of a pair). The learning rate
+decays along a cosine to a tenth.
+
+The UNet and text encoder are never changed (their weights do
 not require grad; only the delta does). A job runs in a background thread with progress, cancel and resume: it
 checkpoints every ``checkpoint_every`` steps next to where the result goes and continues from there when
 started again; the finished delta is saved to the :class:`~studio.attributes.store.DirectionStore`.
@@ -20,6 +32,7 @@ started again; the finished delta is saved to the :class:`~studio.attributes.sto
 from __future__ import annotations
 
 import io
+import math
 import os
 import random
 import threading
@@ -28,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from studio.engine import CancelToken, Engine, GenerationRequest, InvalidRequest, RunHooks
@@ -64,6 +78,25 @@ class LearnSettings:
             raise InvalidRequest(f"scale_max must be a number in (0.1, 20] or None, got {s!r}", "scale_max")
 
 
+@dataclass(frozen=True)
+class ImageLearnSettings:
+    """Learning from example images (see the module docstring): ``batch`` pictures per step, drawn afresh."""
+
+    steps: int = 600
+    batch: int = 8
+    lr: float = 0.05
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    def __post_init__(self):
+        for name in ("steps", "batch", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidRequest(f"{name} must be a positive integer, got {value!r}", name)
+        if not isinstance(self.lr, (int, float)) or not 0 < self.lr <= 10:
+            raise InvalidRequest(f"lr must be a number in (0, 10], got {self.lr!r}", "lr")
+
+
 @dataclass
 class LearnProgress:
     step: int = 0
@@ -81,7 +114,8 @@ class DirectionLearner:
     :attr:`progress`, stop with :meth:`cancel`, wait with :meth:`join`). ``checkpoint`` is where partial state
     is kept for resume (``None``: no resume)."""
 
-    def __init__(self, model, definition, subject: str, settings: LearnSettings = LearnSettings(), *,
+    def __init__(self, model, definition, subject: str,
+                 settings: LearnSettings | ImageLearnSettings = LearnSettings(), *,
                  checkpoint=None, cfg: float = 3.0, on_done: Callable[[torch.Tensor], None] | None = None,
                  on_step: Callable[[LearnProgress], None] | None = None):
         self.model = model
@@ -125,56 +159,33 @@ class DirectionLearner:
 
     # ------------------------------------------------------------------ work
 
+    @property
+    def from_images(self) -> bool:
+        return isinstance(self.settings, ImageLearnSettings)
+
     def run(self) -> torch.Tensor | None:
         """Train; returns the delta, or ``None`` when cancelled (the checkpoint keeps what was done)."""
         s, model = self.settings, self.model
-        # 1. validate: every prompt must contain the subject
-        templates = list(self.definition.templates)
-        prompts = {kind: [fill_template(t, phrasing(p, self.subject)) for t in templates]
-                   for kind, p in (("neutral", s.neutral), ("pos", self.definition.positive),
-                                   ("neg", self.definition.negative))}
-        neutral_idx = [subject_token_indices(model.tokenizer, p, self.subject) for p in prompts["neutral"]]
-
-        # 2. encode all prompts once
-        enc = {kind: encode_cond(model, texts) for kind, texts in prompts.items()}
-
-        # 3. pool of noisy latents from sampling the neutral prompt
-        self.progress.state = "sampling"
-        pool = self._latent_pool(prompts["neutral"][0])
-        if pool is None:
+        # 1-3. validate, encode, and build the loss of one training step
+        batch_loss = self._images_loss() if self.from_images else self._guidance_loss()
+        if batch_loss is None:
             return self._cancelled()
 
         # 4. train the delta (resuming from the checkpoint when there is one)
         self.progress.state = "training"
-        delta = torch.zeros(enc["neutral"].shape[-1], device=model.device, requires_grad=True)
+        delta = torch.zeros(_hidden_size(model), device=model.device, requires_grad=True)
         opt = torch.optim.AdamW([delta], lr=s.lr, weight_decay=0.0)
         step = self._resume(delta, opt)
         rng = random.Random(s.seed * 7919 + step)
-        unet = model.unet
         while step < s.steps:
             if self.cancel_token.cancelled:
                 self._save_checkpoint(delta, opt, step)
                 return self._cancelled()
-            picks = [rng.randrange(len(pool)) for _ in range(s.batch)]
-            tmpl = [rng.randrange(len(templates)) for _ in range(s.batch)]
-            top = self.definition.range if s.scale_max is None else s.scale_max
-            scales = torch.tensor([rng.uniform(0.1, top) * rng.choice((-1, 1))
-                                   for _ in range(s.batch)], device=model.device)
-            x_t = torch.stack([pool[i][0] for i in picks]).to(model.device)
-            t = torch.tensor([pool[i][1] for i in picks], device=model.device)
-            c_neu, c_pos, c_neg = (enc[k][tmpl] for k in ("neutral", "pos", "neg"))
+            if self.from_images:  # cosine decay to a tenth: the loss is noisy (one random timestep per picture)
+                for group in opt.param_groups:
+                    group["lr"] = s.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / s.steps)))
             with model.run_lock:  # never interleave with a run that installs attention processors
-                with torch.no_grad():
-                    out = unet(torch.cat([x_t] * 3), torch.cat([t] * 3),
-                               encoder_hidden_states=torch.cat([c_neu, c_pos, c_neg]).to(unet.dtype)).sample.float()
-                    f_neu, f_pos, f_neg = out.chunk(3)
-                    target = f_neu + scales.view(-1, 1, 1, 1) * (f_pos - f_neg)
-                mask = torch.zeros_like(c_neu)
-                for row, ti in enumerate(tmpl):
-                    mask[row, list(neutral_idx[ti])] = 1.0
-                edited = c_neu + mask * scales.view(-1, 1, 1) * delta.view(1, 1, -1)
-                pred = unet(x_t, t, encoder_hidden_states=edited.to(unet.dtype)).sample.float()
-                loss = ((pred - target) ** 2).mean()
+                loss = batch_loss(delta, rng)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -196,6 +207,94 @@ class DirectionLearner:
         self.progress.state = "done"
         self.progress.message = f"learned in {step} steps{resumed}, loss {self.progress.loss:.4g}"
         return self.result
+
+    def _guidance_loss(self) -> Callable[[torch.Tensor, random.Random], torch.Tensor] | None:
+        """The reference's loss: match guidance from the phrasing pair on noisy latents of the neutral prompt."""
+        s, model = self.settings, self.model
+        # 1. validate: every prompt must contain the subject
+        templates = list(self.definition.templates)
+        prompts = {kind: [fill_template(t, phrasing(p, self.subject)) for t in templates]
+                   for kind, p in (("neutral", s.neutral), ("pos", self.definition.positive),
+                                   ("neg", self.definition.negative))}
+        neutral_idx = [subject_token_indices(model.tokenizer, p, self.subject) for p in prompts["neutral"]]
+
+        # 2. encode all prompts once
+        enc = {kind: encode_cond(model, texts) for kind, texts in prompts.items()}
+
+        # 3. pool of noisy latents from sampling the neutral prompt
+        self.progress.state = "sampling"
+        pool = self._latent_pool(prompts["neutral"][0])
+        if pool is None:
+            return None
+        unet = model.unet
+        top = self.definition.range if s.scale_max is None else s.scale_max
+
+        def batch_loss(delta: torch.Tensor, rng: random.Random) -> torch.Tensor:
+            picks = [rng.randrange(len(pool)) for _ in range(s.batch)]
+            tmpl = [rng.randrange(len(templates)) for _ in range(s.batch)]
+            scales = torch.tensor([rng.uniform(0.1, top) * rng.choice((-1, 1))
+                                   for _ in range(s.batch)], device=model.device)
+            x_t = torch.stack([pool[i][0] for i in picks]).to(model.device)
+            t = torch.tensor([pool[i][1] for i in picks], device=model.device)
+            c_neu, c_pos, c_neg = (enc[k][tmpl] for k in ("neutral", "pos", "neg"))
+            with torch.no_grad():
+                out = unet(torch.cat([x_t] * 3), torch.cat([t] * 3),
+                           encoder_hidden_states=torch.cat([c_neu, c_pos, c_neg]).to(unet.dtype)).sample.float()
+                f_neu, f_pos, f_neg = out.chunk(3)
+                target = f_neu + scales.view(-1, 1, 1, 1) * (f_pos - f_neg)
+            mask = torch.zeros_like(c_neu)
+            for row, ti in enumerate(tmpl):
+                mask[row, list(neutral_idx[ti])] = 1.0
+            edited = c_neu + mask * scales.view(-1, 1, 1) * delta.view(1, 1, -1)
+            pred = unet(x_t, t, encoder_hidden_states=edited.to(unet.dtype)).sample.float()
+            return ((pred - target) ** 2).mean()
+
+        return batch_loss
+
+    def _images_loss(self) -> Callable[[torch.Tensor, random.Random], torch.Tensor]:
+        """The denoising loss on example pictures drawn for random slider values (module docstring)."""
+        from diffusers import DDPMScheduler
+
+        from .examples import TinyWorldExamples
+
+        model, definition = self.model, self.definition
+        # 1. validate: the definition must say how to draw examples, for a subject the generator draws
+        if definition.examples is None:
+            raise InvalidRequest(f"{definition.name!r} has no example images to learn from (its preset has no "
+                                 "\"examples\"); use the 'learned' method instead", "method")
+        try:
+            source = TinyWorldExamples(definition.examples, self.subject, value_range=definition.range)
+        except ValueError as e:
+            raise InvalidRequest(str(e), "subject") from None
+        noise_schedule = DDPMScheduler.from_config(model.scheduler_config)
+        alphas = noise_schedule.alphas_cumprod.to(model.device)
+        engine, unet = Engine(model), model.unet
+
+        def batch_loss(delta: torch.Tensor, rng: random.Random) -> torch.Tensor:
+            # 2. draw and encode this step's pictures and captions
+            examples = [source.draw(rng) for _ in range(self.settings.batch)]
+            pixels = torch.stack([torch.from_numpy(np.array(e.image)).permute(2, 0, 1) for e in examples]) / 255.0
+            x0 = engine.encode(pixels).float()
+            captions = [e.caption for e in examples]
+            with torch.no_grad():
+                cond = encode_cond(model, captions)
+            mask = torch.zeros_like(cond)
+            for row, caption in enumerate(captions):
+                mask[row, list(subject_token_indices(model.tokenizer, caption, self.subject))] = 1.0
+            # 3. noise them and ask for the model's usual target
+            gen = torch.Generator().manual_seed(rng.randrange(2 ** 31))
+            noise = torch.randn(x0.shape, generator=gen).to(model.device)
+            t = torch.randint(0, len(alphas), (len(examples),), generator=gen).to(model.device)
+            abar = alphas[t].view(-1, 1, 1, 1)
+            x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+            target = abar.sqrt() * noise - (1 - abar).sqrt() * x0 if model.prediction_type == "v_prediction" \
+                else noise
+            scales = torch.tensor([e.value for e in examples], device=model.device)
+            edited = cond + mask * scales.view(-1, 1, 1) * delta.view(1, 1, -1)
+            pred = unet(x_t.to(unet.dtype), t, encoder_hidden_states=edited.to(unet.dtype)).sample.float()
+            return ((pred - target) ** 2).mean()
+
+        return batch_loss
 
     def _latent_pool(self, neutral_prompt: str) -> list[tuple[torch.Tensor, int]] | None:
         """(x_t, timestep) at every step of DDIM sampling (no input scaling) of the neutral prompt."""
@@ -244,3 +343,8 @@ class DirectionLearner:
         self.progress.message = f"cancelled at step {self.progress.step}; starting again resumes"
         return None
 
+
+
+def _hidden_size(model) -> int:
+    """Width of the text encoder's output, which a delta lives in."""
+    return int(encode_cond(model, [""]).shape[-1])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-METHODS = ("naive", "learned")
+METHODS = ("naive", "learned", "learned-images")
 
 
 def _slug(text: str) -> str:
@@ -29,7 +29,7 @@ class DirectionStore:
     def path(self, model_hash: str, definition, subject: str, method: str) -> Path:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        name = f"{_slug(definition.name)}-{_slug(subject)}-{definition.key()}.safetensors"
+        name = f"{_slug(definition.name)}-{_slug(subject)}-{definition.key(method)}.safetensors"
         return self.root / str(model_hash)[:16] / method / name
 
     def load(self, model_hash: str, definition, subject: str, method: str) -> torch.Tensor | None:

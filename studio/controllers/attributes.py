@@ -6,6 +6,8 @@ A slider adds ``value * delta`` to the prompt's text-encoder output at the token
 * ``naive``: the optimization-free average over templates of a phrasing pair ("a huge circle" / "a tiny circle");
 * ``learned``: fitted with the model's denoising loss (:class:`~studio.attributes.learning.DirectionLearner`;
   train it first with :meth:`AttributesController.learner`);
+* ``learned-images``: fitted with the plain denoising loss on example pictures drawn for every slider value, for
+  definitions that say how to draw them (Tiny World's size and hue presets; train it the same way);
 * ``weight``: the baseline, no delta: the attribute words written into the prompt with A1111-style emphasis
   ``|value| / range``.
 
@@ -44,7 +46,7 @@ from studio.attributes.directions import (
     ReplaceCondEmbeddings, SubjectDirections, SubjectShift, emphasis_embeddings, naive_direction, start_step_for,
     subject_token_indices,
 )
-from studio.attributes.learning import DirectionLearner, LearnSettings
+from studio.attributes.learning import DirectionLearner, ImageLearnSettings, LearnSettings
 from studio.attributes.locality import LocalReference, SubjectLocalBlend
 from studio.attributes.store import DirectionStore
 from studio.engine import CancelToken, GenerationRequest, InvalidRequest, LatentCache, RunHooks
@@ -52,7 +54,8 @@ from studio.prompting import parse, plain_text, schedule
 
 from .generate import GenerateController, PreviewCallback, PreviewConfig, ProgressCallback, Saver
 
-METHODS = ("naive", "learned", "weight")
+METHODS = ("naive", "learned", "learned-images", "weight")
+LEARNED = ("learned", "learned-images")  # methods whose direction is trained (a background job) before use
 WORKBENCH = "attributes"
 MAX_SLIDERS = 8
 MAX_SWEEP = 16
@@ -214,19 +217,20 @@ class AttributesController:
     def direction(self, attribute: str | AttributeDefinition, subject: str, method: str = "naive") -> torch.Tensor:
         """The delta for ``attribute`` aimed at ``subject`` (computed once, then cached in memory and on disk).
 
-        ``learned`` deltas must have been trained (:meth:`learner`); asking for one that was not raises."""
+        Learned deltas must have been trained (:meth:`learner`); asking for one that was not raises."""
         definition = self.definition(attribute)
-        if method not in ("naive", "learned"):
-            raise InvalidRequest(f"method {method!r} has no direction; methods with one: naive, learned", "method")
-        key = (self.model.weights_hash, definition.key(), subject.lower(), method)
+        if method not in ("naive",) + LEARNED:
+            raise InvalidRequest(f"method {method!r} has no direction; methods with one: naive, "
+                                 f"{', '.join(LEARNED)}", "method")
+        key = (self.model.weights_hash, definition.key(method), subject.lower(), method)
         with self._lock:
             if key in self._deltas:
                 return self._deltas[key]
         delta = self.directions.load(self.model.weights_hash, definition, subject.lower(), method) \
             if self.directions is not None else None
         if delta is None:
-            if method == "learned":
-                raise InvalidRequest(f"no learned direction for {definition.name!r} on {subject!r} yet; train it "
+            if method in LEARNED:
+                raise InvalidRequest(f"no {method} direction for {definition.name!r} on {subject!r} yet; train it "
                                      "first (Learn button / `python -m studio attributes --learn`)", "method")
             delta = naive_direction(self.model, subject.lower(), definition.positive, definition.negative,
                                     definition.templates).cpu()
@@ -236,32 +240,38 @@ class AttributesController:
             self._deltas[key] = delta
         return delta
 
-    def has_learned(self, attribute: str | AttributeDefinition, subject: str) -> bool:
+    def has_learned(self, attribute: str | AttributeDefinition, subject: str, method: str = "learned") -> bool:
         definition = self.definition(attribute)
-        key = (self.model.weights_hash, definition.key(), subject.lower(), "learned")
+        key = (self.model.weights_hash, definition.key(method), subject.lower(), method)
         with self._lock:
             if key in self._deltas:
                 return True
         return self.directions is not None and self.directions.path(
-            self.model.weights_hash, definition, subject.lower(), "learned").is_file()
+            self.model.weights_hash, definition, subject.lower(), method).is_file()
 
     def learner(self, attribute: str | AttributeDefinition, subject: str,
-                settings: LearnSettings = LearnSettings(), *, cfg: float | None = None) -> DirectionLearner:
+                settings: LearnSettings | ImageLearnSettings = LearnSettings(), *,
+                cfg: float | None = None) -> DirectionLearner:
         """A (not yet started) job that learns the delta; when done it is cached and saved. With a directions
-        store the job checkpoints there, so starting it again after a cancel resumes."""
+        store the job checkpoints there, so starting it again after a cancel resumes. ``ImageLearnSettings``
+        learn the ``learned-images`` direction (the definition must have examples)."""
         definition = self.definition(attribute)
         subject = _check_subject_word(subject)
+        method = "learned-images" if isinstance(settings, ImageLearnSettings) else "learned"
+        if method == "learned-images" and definition.examples is None:
+            raise InvalidRequest(f"{definition.name!r} has no example images to learn from; the learned-images "
+                                 "method needs an attribute whose preset has \"examples\"", "method")
         checkpoint = None
         if self.directions is not None:
-            final = self.directions.path(self.model.weights_hash, definition, subject, "learned")
+            final = self.directions.path(self.model.weights_hash, definition, subject, method)
             checkpoint = str(final.with_name(final.stem + ".partial.pt"))
 
         def done(delta: torch.Tensor) -> None:
             if self.directions is not None:
-                self.directions.save(self.model.weights_hash, definition, subject, "learned", delta,
+                self.directions.save(self.model.weights_hash, definition, subject, method, delta,
                                      extra={"settings": asdict(settings)})
             with self._lock:
-                self._deltas[(self.model.weights_hash, definition.key(), subject, "learned")] = delta
+                self._deltas[(self.model.weights_hash, definition.key(method), subject, method)] = delta
 
         return DirectionLearner(self.model, definition, subject, settings, checkpoint=checkpoint,
                                 cfg=self.defaults().cfg if cfg is None else cfg, on_done=done)

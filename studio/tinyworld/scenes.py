@@ -95,14 +95,18 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
         raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(ALL_SHAPES)}")
 
 
-def render(background: str, objects: list[SceneObject]) -> tuple[Image.Image, list[np.ndarray]]:
-    """Render objects on a background; returns the 64x64 RGB image and one boolean mask per object."""
+def render(background: str, objects: list[SceneObject],
+           colours: dict[int, tuple[int, int, int]] | None = None) -> tuple[Image.Image, list[np.ndarray]]:
+    """Render objects on a background; returns the 64x64 RGB image and one boolean mask per object.
+    ``colours`` overrides the palette colour of the objects at those indices with an exact RGB (slider examples
+    draw colours between the palette's)."""
     big = CANVAS * SUPERSAMPLE
     canvas = Image.new("RGB", (big, big), BACKGROUNDS[background])
     draw = ImageDraw.Draw(canvas)
     masks = []
     for obj in objects:
-        draw_shape(draw, obj.shape, obj.cx, obj.cy, obj.radius, PALETTE[obj.colour], BACKGROUNDS[background])
+        fill = (colours or {}).get(len(masks), PALETTE[obj.colour])
+        draw_shape(draw, obj.shape, obj.cx, obj.cy, obj.radius, fill, BACKGROUNDS[background])
         m = Image.new("L", (big, big), 0)
         draw_shape(ImageDraw.Draw(m), obj.shape, obj.cx, obj.cy, obj.radius, 255, 0)
         small = np.asarray(m.resize((CANVAS, CANVAS), Image.BOX))

@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.attributes.definitions import AttributeDefinition
-from studio.attributes.learning import DirectionLearner, LearnSettings
+from studio.attributes.learning import DirectionLearner, ImageLearnSettings, LearnSettings
 from studio.controllers.attributes import (
     AttributeRequest, AttributesController, SliderSession, SliderSetting, SweepRequest,
 )
@@ -27,7 +27,8 @@ from .errors import USER_ERRORS, status_html, unexpected_message, user_message
 from .generate_tab import FormLimits
 
 NONE = "(none)"
-METHOD_CHOICES = [("optimization-free", "naive"), ("learned", "learned"), ("prompt weight (baseline)", "weight")]
+METHOD_CHOICES = [("optimization-free", "naive"), ("learned", "learned"),
+                  ("learned from example images", "learned-images"), ("prompt weight (baseline)", "weight")]
 RENDER_OUTPUTS = ("image", "zero_image", "status")
 
 
@@ -182,16 +183,18 @@ class AttributesHandlers:
         return (session, gr.update(choices=names, value=name), gr.update(choices=[NONE] + names),
                 status_html(f"added attribute {name!r} (this session only)", "ok"))
 
-    def learn(self, session, attr1, subject1, steps, cfg):
-        """Start (or resume) learning the direction; yields status lines while it trains."""
+    def learn(self, session, attr1, subject1, steps, cfg, method1="learned"):
+        """Start (or resume) learning the direction (from example images when that is the chosen direction,
+        else the guidance-matched one); yields status lines while it trains."""
         session = session or AttributesSession()
         if session.learner is not None and session.learner.running:
             yield status_html("a direction is already being learned; cancel it first", "warning")
             return
         try:
             definition = self._definition(session, attr1)
-            job = self.controller.learner(definition, str(subject1 or "").strip(), LearnSettings(steps=int(steps)),
-                                          cfg=float(cfg))
+            settings = ImageLearnSettings(steps=int(steps)) if method1 == "learned-images" \
+                else LearnSettings(steps=int(steps))
+            job = self.controller.learner(definition, str(subject1 or "").strip(), settings, cfg=float(cfg))
         except USER_ERRORS as e:
             yield status_html(user_message(e), "error")
             return
@@ -199,8 +202,9 @@ class AttributesHandlers:
         while job.running:
             p = job.progress
             loss = f", loss {p.loss:.4g}" if p.loss is not None else ""
-            yield status_html(f"learning {definition.name} on '{job.subject}': {p.state} {p.step}/{p.total}{loss}"
-                              f"{' · ' + p.message if p.message else ''}", "info")
+            source = " from example images" if job.from_images else ""
+            yield status_html(f"learning {definition.name} on '{job.subject}'{source}: {p.state} {p.step}/{p.total}"
+                              f"{loss}{' · ' + p.message if p.message else ''}", "info")
             job.join(0.5)
         p = job.progress
         kind = {"done": "ok", "cancelled": "warning"}.get(p.state, "error")
@@ -262,7 +266,8 @@ def build_attributes_tab(handlers: AttributesHandlers, state: gr.State) -> None:
                 save = gr.Button("Save image", elem_id="attr_save")
             status = gr.HTML(status_html("Pick a subject word of the prompt and drag the slider."),
                              elem_id="attr_status")
-            with gr.Accordion("Learn a direction (background training)", open=False):
+            with gr.Accordion("Learn a direction (background training; for the chosen direction: 'learned from "
+                              "example images' learns from pictures, the others the 'learned' one)", open=False):
                 learn_steps = gr.Slider(20, 2000, value=600, step=10, label="Training steps",
                                         elem_id="attr_learn_steps")
                 with gr.Row():
@@ -312,6 +317,6 @@ def build_attributes_tab(handlers: AttributesHandlers, state: gr.State) -> None:
     attr2.change(handlers.slider_range, inputs=[state, attr2], outputs=[value2], **light)
     define.click(handlers.define, inputs=[state, new_name, new_subject, new_pos, new_neg, new_range],
                  outputs=[state, attr1, attr2, status], **light)
-    learn.click(handlers.learn, inputs=[state, attr1, subject1, learn_steps, cfg], outputs=[learn_status],
+    learn.click(handlers.learn, inputs=[state, attr1, subject1, learn_steps, cfg, method1], outputs=[learn_status],
                 concurrency_limit=None, concurrency_id="learn", show_progress="hidden")
     cancel.click(handlers.cancel_learning, inputs=[state], outputs=[learn_status], **light)
