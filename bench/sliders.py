@@ -19,8 +19,9 @@ Speed (same process, same settings): p50 of a slider re-render (prompt encoding 
 a plain generation; a local slider render (with its reference row) vs the same; an 8-value batched sweep vs 8
 sequential renders.
 
-A method may carry "+local" (e.g. naive+local): the same slider with local blending (SubjectLocalBlend: everything
-but the subject kept as at zero).
+Methods: naive, learned (guidance-matched), learned-images (learned from example pictures drawn at every value;
+only attributes whose preset has "examples", so the hue parts skip it), weight. A method may carry "+local" (e.g.
+naive+local): the same slider with local blending (SubjectLocalBlend: everything but the subject kept as at zero).
 
     python bench/sliders.py [--seeds 16] [--values 9] [--methods naive,learned,weight,naive+local] [--learn-steps 200]
                             [--parts size,pair,hue] [--delay 0.0]
@@ -184,6 +185,9 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
         rows["size_smooth"] = statistics.mean(smooth)
         # the prompt asks for one object; a second one at zero grows too and merges with it (a jump)
         rows["size_zero_frames_with_more_objects"] = statistics.mean(r["objects_at_zero"] > 1 for r in records)
+        # smoothness over the sweeps whose zero frame shows the one object asked for (a diagnostic, not the bar)
+        single = [ok for ok, r in zip(smooth, records) if r["objects_at_zero"] == 1]
+        rows["size_smooth_one_object_at_zero"] = statistics.mean(single) if single else None
         rows["size_sweeps"] = records
         log(f"  size: rho {rows['size_rho']:.3f} kept {rows['size_kept']:.3f} smooth {rows['size_smooth']:.3f} "
             f"zero frames with more than one object {rows['size_zero_frames_with_more_objects']:.3f}")

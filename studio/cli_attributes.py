@@ -49,7 +49,8 @@ def add_attributes_parser(sub) -> None:
     p.add_argument("--local", action="store_true",
                    help="keep everything but the subject as at value 0 (local blending by the subject's attention)")
     p.add_argument("--learn", action="store_true", help="train the learned direction first if it is missing")
-    p.add_argument("--learn-steps", type=int, default=600)
+    p.add_argument("--learn-steps", type=int,
+                   help="training steps for --learn (default: 600 for learned, 1500 for learned-images)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--cfg", type=float, help="guidance scale (default: the model's)")
     p.add_argument("--model", default="tinyworld")
@@ -81,7 +82,7 @@ def cmd_attributes(args: argparse.Namespace, ctx: Context) -> int:
     with _quiet_libraries(enabled=True):
         from studio.controllers import FileSaver
         from studio.controllers.attributes import (
-            MAX_SWEEP, AttributeRequest, AttributesController, SliderSetting, SweepRequest,
+            LEARNED, MAX_SWEEP, AttributeRequest, AttributesController, SliderSetting, SweepRequest,
         )
         from studio.attributes.learning import ImageLearnSettings, LearnSettings
         from studio.engine import InvalidRequest
@@ -123,8 +124,8 @@ def cmd_attributes(args: argparse.Namespace, ctx: Context) -> int:
                 if not args.learn:
                     raise UsageError(f"no {args.method} direction for {definition.name!r} on {args.subject!r} yet; "
                                      "add --learn to train it first (or use --method naive)")
-                settings = ImageLearnSettings(steps=args.learn_steps) if args.method == "learned-images" \
-                    else LearnSettings(steps=args.learn_steps)
+                kind = ImageLearnSettings if args.method == "learned-images" else LearnSettings
+                settings = kind() if args.learn_steps is None else kind(steps=args.learn_steps)
                 job = controller.learner(definition, args.subject, settings, cfg=base.cfg)
                 job.start()
                 while job.running:

@@ -44,6 +44,16 @@ def test_values_in_order_with_metadata(model, tmp_path):
     assert list((tmp_path / "dirs").rglob("*.safetensors"))  # the direction was cached
 
 
+def test_learn_then_slide_with_a_direction_from_example_images(model, tmp_path):
+    code, out, err = run(model, "--prompt", PROMPT, "--subject", "circle", "--attribute", "size", "--values", "1",
+                         "--method", "learned-images", "--learn", "--learn-steps", 2, "--steps", 4,
+                         "--out-dir", tmp_path / "o", "--directions", tmp_path / "dirs", "--json")
+    assert code == 0, err
+    assert read_image_settings(json.loads(out)["paths"][0]).controls["attributes"]["sliders"][0]["method"] \
+        == "learned-images"
+    assert list((tmp_path / "dirs").rglob("learned-images/*.safetensors"))
+
+
 def test_list_shows_the_models_attributes(model):
     code, out, _ = run(model, "--list")
     assert code == 0 and "size" in out and "hue red-yellow" in out and "a huge {subject}" in out

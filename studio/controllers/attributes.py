@@ -421,7 +421,8 @@ class AttributesController:
             definition = self.definition(slider.attribute)
             subject = _check_subject_word(slider.subject)
             if slider.method == "weight":
-                per_image = torch.cat([emphasis_embeddings(self.model, slider_text(base.prompt), subject, definition.positive,
+                text = slider_text(base.prompt)
+                per_image = torch.cat([emphasis_embeddings(self.model, text, subject, definition.positive,
                                                            definition.negative, v, definition.range) for v in values])
                 edits.append(ReplaceCondEmbeddings(per_image, start))
                 continue
@@ -479,6 +480,6 @@ def _check_subject_word(subject: str) -> str:
 
 
 __all__ = [
-    "METHODS", "AttributeOutcome", "AttributeRequest", "AttributesController", "SliderSession", "SliderSetting",
-    "SweepOutcome", "SweepRequest", "animate",
+    "LEARNED", "METHODS", "AttributeOutcome", "AttributeRequest", "AttributesController", "SliderSession",
+    "SliderSetting", "SweepOutcome", "SweepRequest", "animate",
 ]

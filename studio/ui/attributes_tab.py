@@ -27,6 +27,7 @@ from .errors import USER_ERRORS, status_html, unexpected_message, user_message
 from .generate_tab import FormLimits
 
 NONE = "(none)"
+LEARN_STEPS = {"learned": LearnSettings().steps, "learned-images": ImageLearnSettings().steps}
 METHOD_CHOICES = [("optimization-free", "naive"), ("learned", "learned"),
                   ("learned from example images", "learned-images"), ("prompt weight (baseline)", "weight")]
 RENDER_OUTPUTS = ("image", "zero_image", "status")
@@ -268,7 +269,7 @@ def build_attributes_tab(handlers: AttributesHandlers, state: gr.State) -> None:
                              elem_id="attr_status")
             with gr.Accordion("Learn a direction (background training; for the chosen direction: 'learned from "
                               "example images' learns from pictures, the others the 'learned' one)", open=False):
-                learn_steps = gr.Slider(20, 2000, value=600, step=10, label="Training steps",
+                learn_steps = gr.Slider(20, 3000, value=LEARN_STEPS["learned"], step=10, label="Training steps",
                                         elem_id="attr_learn_steps")
                 with gr.Row():
                     learn = gr.Button("Learn / resume", elem_id="attr_learn")
@@ -317,6 +318,9 @@ def build_attributes_tab(handlers: AttributesHandlers, state: gr.State) -> None:
     attr2.change(handlers.slider_range, inputs=[state, attr2], outputs=[value2], **light)
     define.click(handlers.define, inputs=[state, new_name, new_subject, new_pos, new_neg, new_range],
                  outputs=[state, attr1, attr2, status], **light)
+    # each way of learning has its own measured default length (README: 600 learned, 1500 from example images)
+    method1.change(lambda m: gr.update(value=LEARN_STEPS.get(m, LEARN_STEPS["learned"])), inputs=[method1],
+                   outputs=[learn_steps], **light)
     learn.click(handlers.learn, inputs=[state, attr1, subject1, learn_steps, cfg, method1], outputs=[learn_status],
                 concurrency_limit=None, concurrency_id="learn", show_progress="hidden")
     cancel.click(handlers.cancel_learning, inputs=[state], outputs=[learn_status], **light)
