@@ -253,20 +253,26 @@ def test_custom_definition_and_disk_cache(tinyworld, tmp_path):
 # ----------------------------------------------------------------------------- learning
 
 
-def test_learner_trains_delta_cancels_and_resumes(sd1, tmp_path):
-    definition = AttributeDefinition("age", "person", "an old {subject}", "a young {subject}", 2.0)
-    unet_before = {k: v.clone() for k, v in sd1.unet.state_dict().items()}
-    ckpt = tmp_path / "partial.pt"
-    settings = LearnSettings(steps=4, batch=2, pool_seeds=2, pool_steps=3, checkpoint_every=2)
-    first = DirectionLearner(sd1, definition, "person", settings, checkpoint=str(ckpt))
+def cancel_then_resume(model, definition, subject, settings, ckpt):
+    """Learn 4 steps as a user would: cancel at step 2 (checkpoint written), start again (resumes); returns the
+    delta. The UNet must come out unchanged."""
+    unet_before = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    first = DirectionLearner(model, definition, subject, settings, checkpoint=str(ckpt))
     first.on_step = lambda progress: first.cancel() if progress.step == 2 else None
     assert first.run() is None and first.progress.state == "cancelled" and ckpt.is_file()
-    second = DirectionLearner(sd1, definition, "person", settings, checkpoint=str(ckpt))
+    second = DirectionLearner(model, definition, subject, settings, checkpoint=str(ckpt))
     delta = second.run()
     assert "resumed at step 2" in second.progress.message and second.progress.step == 4
-    assert delta.shape == (sd1.text_encoder.config.hidden_size,) and torch.isfinite(delta).all()
+    assert delta.shape == (model.text_encoder.config.hidden_size,) and torch.isfinite(delta).all()
     assert delta.norm() > 0 and not ckpt.exists()
-    assert all(torch.equal(v, unet_before[k]) for k, v in sd1.unet.state_dict().items())
+    assert all(torch.equal(v, unet_before[k]) for k, v in model.unet.state_dict().items())
+    return delta
+
+
+def test_learner_trains_delta_cancels_and_resumes(sd1, tmp_path):
+    definition = AttributeDefinition("age", "person", "an old {subject}", "a young {subject}", 2.0)
+    settings = LearnSettings(steps=4, batch=2, pool_seeds=2, pool_steps=3, checkpoint_every=2)
+    cancel_then_resume(sd1, definition, "person", settings, tmp_path / "partial.pt")
 
 
 def test_learner_scale_range(sd1, monkeypatch):
@@ -338,17 +344,8 @@ def test_example_images_follow_the_slider_value():
 
 def test_image_learner_trains_cancels_and_resumes(tinyworld, tmp_path):
     definition = next(d for d in definitions_for(tinyworld) if d.name == "size")
-    unet_before = {k: v.clone() for k, v in tinyworld.unet.state_dict().items()}
-    ckpt = tmp_path / "partial.pt"
     settings = ImageLearnSettings(steps=4, batch=2, checkpoint_every=2)
-    first = DirectionLearner(tinyworld, definition, "circle", settings, checkpoint=str(ckpt))
-    first.on_step = lambda progress: first.cancel() if progress.step == 2 else None
-    assert first.run() is None and first.progress.state == "cancelled" and ckpt.is_file()
-    second = DirectionLearner(tinyworld, definition, "circle", settings, checkpoint=str(ckpt))
-    delta = second.run()
-    assert "resumed at step 2" in second.progress.message and second.progress.step == 4
-    assert torch.isfinite(delta).all() and delta.norm() > 0 and not ckpt.exists()
-    assert all(torch.equal(v, unet_before[k]) for k, v in tinyworld.unet.state_dict().items())
+    cancel_then_resume(tinyworld, definition, "circle", settings, tmp_path / "partial.pt")
     with pytest.raises(InvalidRequest, match="no example images"):
         DirectionLearner(tinyworld, SIZE, "circle", settings).run()
 
