@@ -140,7 +140,8 @@ def square_pixels_kept(frames, analyses, zero: int) -> list[float] | None:
 
 
 def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2=True,
-               parts=("size", "pair", "hue"), delay=0.0, size_word="medium", learn_scale_max=None):
+               parts=("size", "pair", "hue"), delay=0.0, size_word="medium", learn_scale_max=None,
+               learn_noisy_share=0.0):
     rows = {}
     base = dict(cfg=cfg, steps=steps)
     method, _, option = method.partition("+")  # "naive+local": the naive slider with local blending
@@ -152,8 +153,8 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
         if method not in ("learned", "learned-images") or controller.has_learned(attribute, subject, method):
             return
         t0 = time.time()
-        settings = ImageLearnSettings(steps=learn_steps) if method == "learned-images" \
-            else LearnSettings(steps=learn_steps, scale_max=learn_scale_max)
+        settings = ImageLearnSettings(steps=learn_steps, noisy_share=learn_noisy_share) \
+            if method == "learned-images" else LearnSettings(steps=learn_steps, scale_max=learn_scale_max)
         controller.learner(attribute, subject, settings).run()
         log(f"  learned {attribute!r} on {subject!r} ({method}) in {time.time() - t0:.0f}s")
 
@@ -349,6 +350,8 @@ def main() -> int:
     p.add_argument("--range", type=float, default=None, help="default: each attribute's own range")
     p.add_argument("--methods", default="naive,learned,weight")
     p.add_argument("--learn-steps", type=int, default=600)
+    p.add_argument("--learn-noisy-share", type=float, default=0.0,
+                   help="learned-images: share of pictures noised at the noisier half of the timesteps")
     p.add_argument("--learn-scale-max", type=float, default=None,
                    help="learned directions: largest |s| trained on (default: the attribute's range)")
     p.add_argument("--cfg", type=float, default=3.0)
@@ -390,7 +393,7 @@ def main() -> int:
         results[method] = run_sweeps(controller, method, values, args.seeds, args.cfg, args.steps, args.learn_steps,
                                      log, hue2=not args.skip_hue2, parts=args.parts.split(","),
                                      delay=args.delay, size_word=args.size_word,
-                                     learn_scale_max=args.learn_scale_max)
+                                     learn_scale_max=args.learn_scale_max, learn_noisy_share=args.learn_noisy_share)
     headers = ["method", "size rho", "kept", "smooth", "pair other", "pair other/frame", "pair subject", "square kept",
                "sq px kept>=95%", "hue rho", "hue2 rho"]
     keys = ["size_rho", "size_kept", "size_smooth", "pair_other_change_median", "pair_other_change_median_per_frame",
@@ -401,7 +404,8 @@ def main() -> int:
         print_table(headers, rows)
     payload = {"machine": machine(torch.device("cpu")), "model": args.model, "weights_hash": model.weights_hash,
                "values": values, "seeds": args.seeds, "cfg": args.cfg, "steps": args.steps,
-               "learn_steps": args.learn_steps, "learn_scale_max": args.learn_scale_max, "delay": args.delay,
+               "learn_steps": args.learn_steps, "learn_scale_max": args.learn_scale_max,
+               "learn_noisy_share": args.learn_noisy_share, "delay": args.delay,
                "size_word": args.size_word, "parts": args.parts, "methods": results,
                "quality_seconds": round(time.time() - t_start)}
     if not args.skip_speed:

@@ -350,6 +350,24 @@ def test_image_learner_trains_cancels_and_resumes(tinyworld, tmp_path):
         DirectionLearner(tinyworld, SIZE, "circle", settings).run()
 
 
+def test_image_learner_noisy_share(tinyworld, monkeypatch):
+    """With noisy_share 1 every picture is noised at a timestep of the noisier half; bad shares are refused."""
+    with pytest.raises(InvalidRequest, match="noisy_share"):
+        ImageLearnSettings(noisy_share=1.5)
+    seen = []
+    forward = type(tinyworld.unet).forward
+
+    def spy(self, sample, timestep, *args, **kwargs):
+        seen.append(torch.as_tensor(timestep).clone())
+        return forward(self, sample, timestep, *args, **kwargs)
+
+    monkeypatch.setattr(type(tinyworld.unet), "forward", spy)
+    definition = next(d for d in definitions_for(tinyworld) if d.name == "size")
+    DirectionLearner(tinyworld, definition, "circle", ImageLearnSettings(steps=3, batch=4, noisy_share=1.0)).run()
+    timesteps = torch.cat(seen)
+    assert len(timesteps) == 12 and (timesteps >= 500).all()
+
+
 def test_learned_images_method_through_controller(tinyworld, tmp_path):
     controller = AttributesController(tinyworld, directions_root=tmp_path)
     with pytest.raises(InvalidRequest, match="no example images"):

@@ -87,8 +87,12 @@ class ImageLearnSettings:
     lr: float = 0.05
     seed: int = 0
     checkpoint_every: int = 50
+    noisy_share: float = 0.0  # share of pictures noised at a timestep from the noisier half (else uniform)
 
     def __post_init__(self):
+        n = self.noisy_share
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not 0 <= n <= 1:
+            raise InvalidRequest(f"noisy_share must be a number in [0, 1], got {n!r}", "noisy_share")
         for name in ("steps", "batch", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -284,7 +288,10 @@ class DirectionLearner:
             # 3. noise them and ask for the model's usual target
             gen = torch.Generator().manual_seed(rng.randrange(2 ** 31))
             noise = torch.randn(x0.shape, generator=gen).to(model.device)
-            t = torch.randint(0, len(alphas), (len(examples),), generator=gen).to(model.device)
+            t = torch.randint(0, len(alphas), (len(examples),), generator=gen)
+            # a share of the pictures at the noisier half, where an object's size is decided
+            noisier = torch.rand(len(examples), generator=gen) < self.settings.noisy_share
+            t = torch.where(noisier, len(alphas) // 2 + t // 2, t).to(model.device)
             abar = alphas[t].view(-1, 1, 1, 1)
             x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
             target = abar.sqrt() * noise - (1 - abar).sqrt() * x0 if model.prediction_type == "v_prediction" \
