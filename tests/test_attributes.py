@@ -350,6 +350,12 @@ def test_image_learner_trains_cancels_and_resumes(tinyworld, tmp_path):
         DirectionLearner(tinyworld, SIZE, "circle", settings).run()
 
 
+def test_image_learner_needs_a_tiny_world_model(sd1, tinyworld):
+    definition = next(d for d in definitions_for(tinyworld) if d.name == "size")
+    with pytest.raises(InvalidRequest, match="need a Tiny World model"):
+        DirectionLearner(sd1, definition, "circle", ImageLearnSettings(steps=1)).run()
+
+
 def test_image_learner_noisy_share(tinyworld, monkeypatch):
     """With noisy_share 1 every picture is noised at a timestep of the noisier half; bad shares are refused."""
     with pytest.raises(InvalidRequest, match="noisy_share"):

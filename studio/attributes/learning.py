@@ -259,6 +259,7 @@ class DirectionLearner:
         """The denoising loss on example pictures drawn for random slider values (module docstring)."""
         from diffusers import DDPMScheduler
 
+        from .definitions import model_kind
         from .examples import TinyWorldExamples
 
         model, definition = self.model, self.definition
@@ -266,6 +267,9 @@ class DirectionLearner:
         if definition.examples is None:
             raise InvalidRequest(f"{definition.name!r} has no example images to learn from (its preset has no "
                                  "\"examples\"); use the 'learned' method instead", "method")
+        if model_kind(model) != "tinyworld":
+            raise InvalidRequest("example pictures are drawn by Tiny World's scene generator, so learned-images "
+                                 f"directions need a Tiny World model (this one is {model_kind(model)})", "method")
         try:
             source = TinyWorldExamples(definition.examples, self.subject, value_range=definition.range)
         except ValueError as e:

@@ -7,7 +7,7 @@ A slider adds ``value * delta`` to the prompt's text-encoder output at the token
 * ``learned``: fitted with the model's denoising loss (:class:`~studio.attributes.learning.DirectionLearner`;
   train it first with :meth:`AttributesController.learner`);
 * ``learned-images``: fitted with the plain denoising loss on example pictures drawn for every slider value, for
-  definitions that say how to draw them (Tiny World's size and hue presets; train it the same way);
+  definitions that say how to draw them (Tiny World's size preset; train it the same way);
 * ``weight``: the baseline, no delta: the attribute words written into the prompt with A1111-style emphasis
   ``|value| / range``.
 
