@@ -13,7 +13,7 @@ methods: textual-inversion (one vector), prospect (ten per-stage vectors, all st
 lora-resnets (the same, also on the 3x3 convolutions of every ResNet block).
 
     python bench/personalization.py [--shapes ring,star] [--methods textual-inversion,prospect,lora] [--seeds 64]
-                                     [--augment none|mirror|mirror+flip]
+                                     [--augment none|mirror|mirror+flip] [--colour-keep 0.75]
 """
 
 from __future__ import annotations
@@ -93,6 +93,8 @@ def main() -> int:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--augment", default="none", choices=("none", "mirror", "mirror+flip"),
                    help="train on the images plus mirrored copies (training.augmented)")
+    p.add_argument("--colour-keep", type=float, default=0.75,
+                   help="how often a training caption names the colour (TrainingSpec/LoraSpec.colour_keep)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--name", default="personalization")
     p.add_argument("--out", default=None)
@@ -102,7 +104,7 @@ def main() -> int:
     model = load_model("tinyworld")
     controller = PersonalizationController(model)
     results = {"model": "tinyworld", "weights_hash": model.weights_hash, "threads": torch.get_num_threads(),
-               "augment": args.augment, "runs": []}
+               "augment": args.augment, "colour_keep": args.colour_keep, "runs": []}
     rows = []
     for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
         images, token = training_images(shape), f"<{shape}>"
@@ -111,7 +113,8 @@ def main() -> int:
             drift = None
             if method in ("lora", "lora-resnets"):
                 result = train_lora(model, images, LoraSpec(token, INIT[shape], rank=args.rank, steps=args.lora_steps,
-                                                            resnets=method == "lora-resnets", augment=args.augment))
+                                                            resnets=method == "lora-resnets", augment=args.augment,
+                                                            colour_keep=args.colour_keep))
                 engine = Engine(apply_loras(model, [(result.lora, 1.0)]))
                 seconds, losses = result.seconds, result.losses
 
@@ -122,7 +125,8 @@ def main() -> int:
                 drift = judge(circles, "circle", {})[0] / len(circles)
             else:
                 spec = TrainingSpec(token, INIT[shape], method=method, steps=args.ti_steps,
-                                    learning_rate=args.ti_lr, preview_every=0, augment=args.augment)
+                                    learning_rate=args.ti_lr, preview_every=0, augment=args.augment,
+                                    colour_keep=args.colour_keep)
                 result = controller.train(TrainConceptRequest(tuple(images), spec))
                 seconds, losses = result.seconds, result.losses
                 use = ConceptUse(result.concept)

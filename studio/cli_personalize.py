@@ -52,6 +52,9 @@ def add_personalize_parser(sub) -> None:
                    help="lora: also adapt the ResNet blocks' 3x3 convolutions (for shapes the model never drew)")
     p.add_argument("--augment", default="none", choices=["none", "mirror", "mirror+flip"],
                    help="also train on mirrored copies: left-right, or left-right and upside down (default none)")
+    p.add_argument("--colour-keep", type=float, default=0.75,
+                   help="Tiny World: how often a training caption names the image's colour (default 0.75, as the "
+                        "model's own captions; 1 = always)")
     p.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", metavar="FILE", help="save progress here and resume from it")
@@ -90,9 +93,9 @@ def cmd_personalize(args: argparse.Namespace, ctx: Context) -> int:
         images = [read_image_arg(str(f), "images").convert("RGB") for f in files]
         lr = 1e-3 if args.lr is None else args.lr
         spec = LoraSpec(args.token, args.init_word, args.rank, args.steps, lr, args.batch, args.seed,
-                        resnets=args.resnets, augment=args.augment) if lora else \
+                        resnets=args.resnets, augment=args.augment, colour_keep=args.colour_keep) if lora else \
             TrainingSpec(args.token, args.init_word, args.method, args.steps, lr, args.batch, args.seed,
-                         preview_every=0, augment=args.augment)
+                         preview_every=0, augment=args.augment, colour_keep=args.colour_keep)
         try:
             spec.check()
         except InvalidRequest as e:

@@ -20,6 +20,7 @@ from studio.controllers.personalize import (
 from studio.engine import Cancelled, CancelToken, GenerationRequest, InvalidRequest
 from studio.outputs import read_image_settings
 from studio.personalization.formats import EmbeddingFileError, load_concept, save_concept
+from studio.personalization.lora import LoraSpec
 from studio.personalization.prospect import stage_prompts
 from studio.personalization.tokens import LearnedConcept, personalized_copy
 from studio.personalization.training import TrainingSpec, caption
@@ -170,6 +171,27 @@ def test_tinyworld_captions_name_the_attributes():
     assert caption("<ring>", None, random.Random(1)).endswith("<ring>")
 
 
+def test_caption_colour_is_said_as_often_as_colour_keep():
+    import random
+
+    attrs = {"size": "large", "colour": "red", "position": "at the top left", "background": "black"}
+    rng = random.Random(0)
+    always = [caption("<ring>", attrs, rng, colour_keep=1.0) for _ in range(200)]
+    assert all("red <ring>" in t for t in always)
+    never = [caption("<ring>", attrs, rng, colour_keep=0.0) for _ in range(200)]
+    assert not any("red" in t for t in never)
+    # the token also appears right after the article or the size word, as in "a large <ring> at the top left"
+    assert any(t.startswith("a large <ring>") for t in never) and any(t.startswith("a <ring>") for t in never)
+    default = [caption("<ring>", attrs, rng) for _ in range(2000)]
+    share = sum("red" in t for t in default) / len(default)
+    assert 0.7 < share < 0.8  # Tiny World's own captions keep each attribute with probability 0.75
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(InvalidRequest, match="colour_keep"):
+            TrainingSpec("<ring>", "circle", colour_keep=bad).check()
+        with pytest.raises(InvalidRequest, match="colour_keep"):
+            LoraSpec("<ring>", "circle", colour_keep=bad).check()
+
+
 def test_augmented_copies_and_their_captions():
     from studio.personalization.training import augmented, image_attributes
     from studio.tinyworld.scenes import SceneObject, scene_from_objects
@@ -310,7 +332,7 @@ def test_lora_file_refusals(tiny_model, tmp_path):
 
 
 def test_lora_training_touches_only_the_adapters(tiny_model):
-    from studio.personalization.lora import LoraSpec, apply_loras, train_lora
+    from studio.personalization.lora import apply_loras, train_lora
 
     before = fingerprint(tiny_model.unet), fingerprint(tiny_model.text_encoder)
     result = train_lora(tiny_model, images(), LoraSpec("<ring>", "square", rank=2, steps=3, batch_size=2))

@@ -241,12 +241,13 @@ class LoraSpec:
     prior_weight: float = 1.0
     resnets: bool = False  # also adapt the ResNet blocks' 3x3 convolutions (shapes are drawn there, not in words)
     augment: str = "none"  # mirrored copies of the images (training.augmented)
+    colour_keep: float = 0.75  # how often a Tiny World caption names the colour (training module docstring)
 
     def check(self) -> None:
         from .training import TrainingSpec
 
         TrainingSpec(self.token, self.init_word, steps=self.steps, batch_size=self.batch_size,
-                     learning_rate=self.learning_rate, augment=self.augment).check()
+                     learning_rate=self.learning_rate, augment=self.augment, colour_keep=self.colour_keep).check()
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or not 1 <= self.rank <= 128:
             raise InvalidRequest(f"rank must be a whole number in 1..128, got {self.rank!r}", "rank")
         if not isinstance(self.resnets, bool):
@@ -316,8 +317,9 @@ def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = No
                 x0 = torch.cat([latents[index], prior_latents[prior_index]]) if n_prior else latents[index]
                 t = torch.randint(0, n_train, (spec.batch_size,), generator=generator)
                 noisy, target = noised(x0, t, table, generator, model.prediction_type)
-                texts = [caption(spec.token, attributes[i] if attributes else None, rng) for i in index.tolist()]
-                texts += [caption(spec.init_word, prior_attrs[i] if prior_attrs else None, rng)
+                texts = [caption(spec.token, attributes[i] if attributes else None, rng, spec.colour_keep)
+                         for i in index.tolist()]
+                texts += [caption(spec.init_word, prior_attrs[i] if prior_attrs else None, rng, spec.colour_keep)
                           for i in prior_index.tolist()[:n_prior]]
                 ids = caption_ids(tok, texts, model.device)
                 weights = torch.tensor([1.0] * len(index) + [spec.prior_weight] * n_prior).view(-1, 1, 1, 1)
@@ -349,7 +351,8 @@ def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = No
     concept = LearnedConcept(spec.token, learned.detach().float().cpu().clone(), init_word=spec.init_word,
                              steps=spec.steps, model_hash=model.weights_hash)
     meta = {"rank": str(spec.rank), "steps": str(spec.steps), "model_hash": model.weights_hash,
-            "init_word": spec.init_word, "resnets": str(bool(spec.resnets)).lower()}
+            "init_word": spec.init_word, "resnets": str(bool(spec.resnets)).lower(), "augment": spec.augment,
+            "colour_keep": str(spec.colour_keep)}
     lora = LoraWeights(name=spec.token.strip("<>"), layers=layers, concept=concept, meta=meta)
     return LoraResult(lora=lora, losses=losses, seconds=time.perf_counter() - t0)
 
@@ -368,7 +371,8 @@ def _prior_images(model, spec: LoraSpec, attributes, rng: random.Random):
     defaults = model_defaults(model)
     for i in range(spec.prior_images):
         attrs = attributes[i % len(attributes)] if attributes else None
-        request = GenerationRequest(prompt=caption(spec.init_word, attrs, rng), steps=min(20, defaults.steps),
+        request = GenerationRequest(prompt=caption(spec.init_word, attrs, rng, spec.colour_keep),
+                                    steps=min(20, defaults.steps),
                                     cfg=defaults.cfg, sampler=defaults.sampler, seed=spec.seed * 1000 + i,
                                     width=model.default_size, height=model.default_size)
         images.append(engine.generate(request).images[0])
