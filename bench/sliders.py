@@ -25,6 +25,12 @@ naive+local): the same slider with local blending (SubjectLocalBlend: everything
 
     python bench/sliders.py [--seeds 16] [--values 9] [--methods naive,learned,weight,naive+local] [--learn-steps 200]
                             [--parts size,pair,hue] [--delay 0.0]
+
+Why sweeps jump (--size-words-from RESULTS.json, no slider): each saved size sweep's prompt is rendered at its seed
+with each of Tiny World's five size words in place of the prompt's, and every sweep's largest step is checked: does
+it start and end within 1 px of two different size-word renders of that seed (the slider leaping from the seed's
+"medium" picture to its "large" one, say)? And are two neighbouring size words' renders at that seed already more
+than 35% of the sweep's range apart (the model itself jumping between sizes one word apart)?
 """
 
 from __future__ import annotations
@@ -137,6 +143,55 @@ def square_pixels_kept(frames, analyses, zero: int) -> list[float] | None:
         visible = ~covered
         shares.append(round(float(same[visible].mean()) if visible.any() else 1.0, 4))
     return shares
+
+
+SIZE_WORDS = ("tiny", "small", "medium", "large", "huge")
+
+
+def size_word_check(model, saved: dict, cfg: float, steps: int, tolerance: float = 1.0) -> dict:
+    """For every size sweep in ``saved`` (a results file): the radius of its seed's render with each size word, and
+    whether the sweep's largest step runs between two different ones (both ends within ``tolerance`` px)."""
+    from studio.engine import Engine
+
+    engine, out, rendered = Engine(model), {}, {}  # methods share prompts and seeds: render each once
+    word = saved.get("size_word") or "medium"
+    for method, result in saved["methods"].items():
+        records = []
+        for sweep in result.get("size_sweeps", []):
+            if word not in sweep["prompt"].split():
+                raise SystemExit(f"{sweep['prompt']!r} has no size word {word!r} to replace")
+            radii = []
+            for w in SIZE_WORDS:
+                prompt = " ".join(w if t == word else t for t in sweep["prompt"].split())
+                if (prompt, sweep["seed"]) not in rendered:
+                    image = engine.generate(GenerationRequest(prompt=prompt, seed=sweep["seed"], cfg=cfg,
+                                                              steps=steps)).images[0]
+                    o = main_object(analyze(image))
+                    rendered[prompt, sweep["seed"]] = round(o.radius, 2) if o else 0.0
+                radii.append(rendered[prompt, sweep["seed"]])
+            r = sweep["radii"]
+            span = max(r) - min(r)
+            steps_ = [abs(b - a) for a, b in zip(r, r[1:])]
+            k = int(np.argmax(steps_))
+            near = [min(range(5), key=lambda j: abs(radii[j] - x)) for x in (r[k], r[k + 1])]
+            between = all(abs(radii[j] - x) <= tolerance for j, x in zip(near, (r[k], r[k + 1]))) \
+                and near[0] != near[1]
+            # the seed's own size words, one size apart, already differ by more than the smoothness limit
+            word_gap = max(abs(b - a) for a, b in zip(radii, radii[1:])) / span if span > 0 else 0.0
+            records.append({"seed": sweep["seed"], "smooth": span > 0.5 and max(steps_) <= 0.35 * span,
+                            "word_radii": radii, "largest_step": [r[k], r[k + 1]],
+                            "largest_step_between_word_renders": between,
+                            "largest_word_gap_over_range": round(word_gap, 3)})
+        jumps = [x for x in records if not x["smooth"]]
+        smooth = [x for x in records if x["smooth"]]
+        out[method] = {
+            "sweeps": len(records), "jumps": len(jumps),
+            "jumps_between_word_renders": sum(x["largest_step_between_word_renders"] for x in jumps),
+            "smooth_largest_step_between_word_renders": sum(x["largest_step_between_word_renders"] for x in smooth),
+            "jumps_with_word_gap_over_35": sum(x["largest_word_gap_over_range"] > 0.35 for x in jumps),
+            "smooth_with_word_gap_over_35": sum(x["largest_word_gap_over_range"] > 0.35 for x in smooth),
+            "records": records}
+    return out
 
 
 def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2=True,
@@ -368,7 +423,27 @@ def main() -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--pair-frames-from", nargs="+", default=None, metavar="RESULTS.json",
                    help="only print the frame-by-frame two-object figures of earlier result files (no rendering)")
+    p.add_argument("--size-words-from", default=None, metavar="RESULTS.json",
+                   help="only check where the saved size sweeps jump: against each seed's five size-word renders")
     args = p.parse_args()
+    if args.size_words_from:
+        saved = json.loads(Path(args.size_words_from).read_text())
+        model = load_model(args.model, device="cpu")
+        if saved.get("weights_hash") != model.weights_hash:
+            raise SystemExit(f"{args.size_words_from} was measured on weights {saved.get('weights_hash')}, "
+                             f"not {model.weights_hash}")
+        t0 = time.time()
+        checked = size_word_check(model, saved, saved.get("cfg", args.cfg), saved.get("steps", args.steps))
+        print_table(["method", "sweeps", "jumping", "jumping: largest step between two size-word renders",
+                     "smooth: same", "jumping: two neighbouring size words > 35% of the range apart", "smooth: same"],
+                    [[m, r["sweeps"], r["jumps"], r["jumps_between_word_renders"],
+                      r["smooth_largest_step_between_word_renders"], r["jumps_with_word_gap_over_35"],
+                      r["smooth_with_word_gap_over_35"]] for m, r in checked.items()])
+        payload = {"machine": machine(torch.device("cpu")), "model": args.model, "weights_hash": model.weights_hash,
+                   "from": args.size_words_from, "size_words": list(SIZE_WORDS), "tolerance_px": 1.0,
+                   "methods": checked, "seconds": round(time.time() - t0)}
+        print(f"wrote {write_results('sliders-size-words', payload, args.out)}")
+        return 0
     if args.pair_frames_from:
         rows = []
         for path in args.pair_frames_from:
