@@ -55,8 +55,9 @@ def training_images(shape: str, seed: int = 0) -> list:
     return images
 
 
-def judge(images, shape: str, want: dict) -> tuple[int, int, int]:
-    """(images with exactly one object of ``shape``, ... and the wanted attributes, total)."""
+def judge(images, shape: str, want: dict, each: dict | None = None) -> tuple[int, int, int]:
+    """(images with exactly one object of ``shape``, ... and the wanted attributes, total). ``each``, when given,
+    counts per wanted attribute the images whose one object of ``shape`` has it (which of them fails)."""
     one = ok = 0
     for image in images:
         objects = analyze(image).objects
@@ -64,6 +65,9 @@ def judge(images, shape: str, want: dict) -> tuple[int, int, int]:
             one += 1
             o = objects[0]
             ok += all(getattr(o, k) == v for k, v in want.items())
+            if each is not None:
+                for k, v in want.items():
+                    each[k] = each.get(k, 0) + (getattr(o, k) == v)
     return one, ok, len(images)
 
 
@@ -74,11 +78,13 @@ def evaluate(render, token: str, shape: str, seeds: int) -> dict:
                                ("large_top_left", f"a large {token} at the top left",
                                 {"size": "large", "position": "at the top left"})):
         one = ok = total = 0
+        each: dict = {}
         for start in range(0, seeds, 8):
             images = render(prompt, 10_000 + start, min(8, seeds - start))
-            a, b, n = judge(images, shape, want)
+            a, b, n = judge(images, shape, want, each)
             one, ok, total = one + a, ok + b, total + n
-        out[name] = {"shape": one / total, "shape_and_attributes": ok / total, "seeds": total}
+        out[name] = {"shape": one / total, "shape_and_attributes": ok / total, "seeds": total,
+                     "shape_and_each_attribute": {k: v / total for k, v in each.items()}}
     return out
 
 

@@ -290,7 +290,11 @@ def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = No
     unet = copy_sharing_tensors(model.unet, model.run_lock)
     targets = list(TARGETS) + (list(RESNET_TARGETS) if spec.resnets else [])
     config = LoraConfig(r=spec.rank, lora_alpha=spec.rank, target_modules=targets, init_lora_weights=True)
-    unet = inject_adapter_in_model(config, unet)
+    # peft draws the adapters' first matrices from torch's global generator: seed it (in a forked state, so the
+    # caller's random stream is left as it was), or the same spec and seed would train a different LoRA each run
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        unet = inject_adapter_in_model(config, unet)
     lora_params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in lora_params:
         p.data = p.data.float()
