@@ -58,6 +58,7 @@ from studio.controllers.attributes import (  # noqa: E402
 from studio.engine import GenerationRequest  # noqa: E402
 from studio.models import load_model  # noqa: E402
 from studio.tinyworld.analyzer import analyze  # noqa: E402
+from studio.tinyworld.vocab import SIZES  # noqa: E402
 
 COLOURS = ["red", "orange", "yellow", "green", "blue", "purple"]
 BACKGROUNDS = ["black", "white", "gray"]
@@ -145,7 +146,7 @@ def square_pixels_kept(frames, analyses, zero: int) -> list[float] | None:
     return shares
 
 
-SIZE_WORDS = ("tiny", "small", "medium", "large", "huge")
+SIZE_WORDS = tuple(SIZES)  # Tiny World's size words, smallest first
 
 
 def size_word_check(model, saved: dict, cfg: float, steps: int, tolerance: float = 1.0) -> dict:
