@@ -270,7 +270,7 @@ def concept(model, n: int, seed0: int) -> dict:
                 if "colour" in attrs:
                     row["colour_cases"] += 1
                     row["colour_kept"] += o is not None and o.colour == attrs["colour"]
-    rates = {name: {shape: {k: (v / n if k != "colour_kept" and k != "colour_cases" else v)
+    rates = {name: {shape: {k: (v / n if k not in ("colour_kept", "colour_cases") else v)
                             for k, v in row.items()}
                     for shape, row in by_shape.items()} for name, by_shape in counts.items()}
     for by_shape in rates.values():
