@@ -5,11 +5,15 @@ Prompts come from fixed generator seeds, so every run asks for the same scenes:
   pair     fully specified two-object prompts: are both objects there with the right colour-shape binding? (also
            read with the analyzer separating touching objects of clearly different colours: the "_split" keys)
   omitted  prompts that leave one attribute out: the distribution of that attribute (it should vary)
+  sizes    one-object prompts said with every size word the model's tokenizer knows as one token (five up to stage
+           6, nine since stage 7's finer caption sizes), same seed and scene otherwise: the median measured radius
+           per word, how often the radius is nearest that word's own, and per seed whether the radii grow word by
+           word and the largest step between neighbouring words as a share of the seed's tiny-to-huge range
 
 Images come from plain diffusers StableDiffusionPipeline (the model's own default sampler, DPM-Solver++), so the
 figures describe the model, not our engine.
 
-    python bench/tinyworld_quality.py [--model assets/tinyworld] [--n-single 240] [--cfg 5] [--parts pair]
+    python bench/tinyworld_quality.py [--model assets/tinyworld] [--n-single 240] [--cfg 5] [--parts pair,sizes]
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from studio.tinyworld.analyzer import analyze  # noqa: E402
 from studio.tinyworld.captions import full_caption, object_phrase  # noqa: E402
 from studio.tinyworld.scenes import SceneSpec, generate_scene  # noqa: E402
-from studio.tinyworld.vocab import SIZES  # noqa: E402
+from studio.tinyworld.vocab import CAPTION_SIZES, SIZES  # noqa: E402
 
 SIZE_ORDER = list(SIZES)
 
@@ -123,6 +127,45 @@ def eval_omitted(pipe, n: int, cfg: float, steps: int, batch: int) -> dict:
     return report
 
 
+def eval_size_words(pipe, n: int, cfg: float, steps: int, batch: int) -> dict:
+    """Every size word the model knows, at the same seed and scene: does the radius follow the word?"""
+    import dataclasses
+    import statistics
+
+    words = [w for w in CAPTION_SIZES if len(pipe.tokenizer(w, add_special_tokens=False).input_ids) == 1]
+    seeds = [40_000 + i for i in range(n)]
+    scenes = [generate_scene(s, SceneSpec(n_objects=1)) for s in seeds]
+    radii = {}  # word -> per-seed radius (None: not exactly one object of the prompted shape)
+    for w in words:
+        prompts = [full_caption(s.background, [dataclasses.replace(s.objects[0], size=w)]) for s in scenes]
+        found = []
+        for scene, image in zip(scenes, render(pipe, prompts, seeds, cfg, steps, batch)):
+            objs = analyze(image).objects
+            found.append(objs[0].radius if len(objs) == 1 and objs[0].shape == scene.objects[0].shape else None)
+        radii[w] = found
+    known = {w: CAPTION_SIZES[w] for w in words}
+    per_word = {}
+    for w in words:
+        rs = [r for r in radii[w] if r is not None]
+        nearest = [min(known, key=lambda k: abs(known[k] - r)) == w for r in rs]
+        per_word[w] = {"nominal": CAPTION_SIZES[w], "median_radius": statistics.median(rs) if rs else None,
+                       "nearest_is_word": sum(nearest) / len(rs) if rs else None, "n": len(rs)}
+    monotone, largest_step = [], []
+    for i in range(n):
+        seq = [radii[w][i] for w in words]
+        if any(r is None for r in seq):
+            continue
+        steps_ = [b - a for a, b in zip(seq, seq[1:])]
+        monotone.append(all(d > 0 for d in steps_))
+        span = seq[-1] - seq[0]
+        largest_step.append(max(abs(d) for d in steps_) / span if span > 0 else 1.0)
+    return {"words": words, "per_word": per_word, "seeds_all_found": len(monotone),
+            "seeds_growing_word_by_word": sum(monotone) / len(monotone) if monotone else None,
+            "largest_step_share_median": statistics.median(largest_step) if largest_step else None,
+            "seeds_largest_step_le_35pct": sum(x <= 0.35 for x in largest_step) / len(largest_step)
+            if largest_step else None, "radii": radii}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "assets" / "tinyworld"))
@@ -130,6 +173,7 @@ def main() -> int:
     p.add_argument("--n-single", type=int, default=240)
     p.add_argument("--n-pair", type=int, default=120)
     p.add_argument("--n-omitted", type=int, default=60)
+    p.add_argument("--n-sizes", type=int, default=48, help="seeds of the sizes part (x each size word)")
     p.add_argument("--cfg", type=float, nargs="+", default=None, help="default: the model's studio_defaults.json")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=32)
@@ -149,7 +193,9 @@ def main() -> int:
             if "single" in parts else ({}, [], [])
         pairs = eval_pairs(pipe, args.n_pair, cfg, args.steps, args.batch) if "pair" in parts else {}
         omitted = eval_omitted(pipe, args.n_omitted, cfg, args.steps, args.batch) if "omitted" in parts else {}
-        runs.append({"cfg": cfg, "single": single, "pair": pairs, "omitted": omitted, "seconds": time.time() - t0})
+        sizes = eval_size_words(pipe, args.n_sizes, cfg, args.steps, args.batch) if "sizes" in parts else {}
+        runs.append({"cfg": cfg, "single": single, "pair": pairs, "omitted": omitted, "sizes": sizes,
+                     "seconds": time.time() - t0})
         print(f"\ncfg {cfg}  ({time.time() - t0:.0f}s)")
         print(f"{'single-object metric':<22}{'rate':>8}")
         for k, v in single.items():
@@ -158,6 +204,16 @@ def main() -> int:
             print(f"{'pair ' + k:<22}{v:>8.1%}")
         for k, v in omitted.items():
             print(f"omitted {k}: {v}")
+        if sizes:
+            print(f"{'size word':<12}{'nominal':>8}{'median r':>10}{'nearest':>9}{'n':>5}")
+            for w, row in sizes["per_word"].items():
+                med = f"{row['median_radius']:.1f}" if row["median_radius"] is not None else "-"
+                near = f"{row['nearest_is_word']:.0%}" if row["nearest_is_word"] is not None else "-"
+                print(f"{w:<12}{row['nominal']:>8.1f}{med:>10}{near:>9}{row['n']:>5}")
+            print(f"seeds with every word found: {sizes['seeds_all_found']}; radius grows word by word: "
+                  f"{sizes['seeds_growing_word_by_word']:.0%}; largest step between neighbouring words, median "
+                  f"share of the range: {sizes['largest_step_share_median']:.0%}; seeds whose largest step <= 35%: "
+                  f"{sizes['seeds_largest_step_le_35pct']:.0%}")
         if args.grid and grid_images:
             from PIL import Image
 
@@ -171,7 +227,7 @@ def main() -> int:
                     "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None},
         "command": "python " + " ".join(sys.argv),
         "model": args.model, "steps": args.steps, "sampler": "DPM++ 2M (DPMSolverMultistepScheduler)",
-        "n_single": args.n_single, "n_pair": args.n_pair, "n_omitted": args.n_omitted, "runs": runs,
+        "n_single": args.n_single, "n_pair": args.n_pair, "n_omitted": args.n_omitted, "n_sizes": args.n_sizes, "runs": runs,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -165,6 +165,30 @@ def test_continuous_sizes_cover_each_size_words_range():
         assert abs(o.radius / SIZES[o.size] - 1) <= SIZE_JITTER + 1e-9
 
 
+def test_fine_size_captions_name_the_nearest_of_nine_words():
+    from studio.tinyworld.vocab import CAPTION_SIZES, caption_size_word
+
+    assert set(SIZES) <= set(CAPTION_SIZES) and all(CAPTION_SIZES[w] == SIZES[w] for w in SIZES)
+    radii = list(CAPTION_SIZES.values())
+    assert radii == sorted(radii)  # the words are in size order
+    assert caption_size_word(9.4) == "smallish" and caption_size_word(12.2) == "largish" and caption_size_word(5.2) == "tiny"
+    seen = Counter()
+    for seed in range(400):
+        s = generate_scene(seed, SceneSpec(continuous_sizes=True))
+        # off: the very same captions as before the option existed
+        assert caption_for(s.background, s.objects, random.Random(seed)) == caption_for(
+            s.background, s.objects, random.Random(seed), fine_sizes=False)
+        cap = caption_for(s.background, s.objects, random.Random(seed), fine_sizes=True)
+        assert set(cap.split()) <= set(all_words())
+        assert re.search(r"\ba [aeiou]", cap) is None, cap
+        for o in s.objects:
+            words = [w for w in cap.split() if w in CAPTION_SIZES]
+            seen.update(words)
+            if len(s.objects) == 1 and words:
+                assert words == [caption_size_word(o.radius)], (cap, o.radius)
+    assert all(seen[w] > 0 for w in CAPTION_SIZES), seen  # every one of the nine words is used
+
+
 def test_full_caption_names_everything():
     s = generate_scene(5, SceneSpec(n_objects=1))
     o = s.objects[0]

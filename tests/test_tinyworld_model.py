@@ -111,6 +111,35 @@ def test_training_smoke_runs_every_stage(tmp_path):
     assert "vae: " in log and "exists, skipping" in log
 
 
+def test_token_embeddings_follow_their_strings_into_a_grown_vocabulary(tmp_path):
+    """A fine-tune that adds words (stage 7's finer size words) keeps every trained row, looked up by token string
+    (new words shift the BPE ids), and starts a new size word between the two sizes it sits between."""
+    from studio.tinyworld.train import TOKEN_EMBEDDING, _remap_token_embeddings
+
+    new_vocab = {"a</w>": 0, "tiny</w>": 1, "little</w>": 2, "small</w>": 3, "lit": 4, "circle</w>": 5}
+    old_vocab = {"circle</w>": 0, "small</w>": 1, "a</w>": 2, "tiny</w>": 3}  # other ids, no "little"
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "vocab.json").write_text(json.dumps(old_vocab))
+    old_rows = torch.randn(4, 8)
+    fresh = torch.randn(6, 8)
+
+    class Tok:
+        def get_vocab(self):
+            return new_vocab
+
+    state = _remap_token_embeddings({TOKEN_EMBEDDING: old_rows, "other": torch.ones(1)}, tmp_path, Tok(), fresh)
+    rows = state[TOKEN_EMBEDDING]
+    for token in old_vocab:
+        assert torch.equal(rows[new_vocab[token]], old_rows[old_vocab[token]]), token
+    assert torch.allclose(rows[2], (old_rows[3] + old_rows[1]) / 2)  # little = mean(tiny, small)
+    assert torch.equal(rows[4], fresh[4])  # a BPE piece nobody trained keeps its fresh row
+    assert torch.equal(state["other"], torch.ones(1))
+    # same vocabulary: nothing touched
+    (tmp_path / "tokenizer" / "vocab.json").write_text(json.dumps(new_vocab))
+    same = {TOKEN_EMBEDDING: torch.randn(6, 8)}
+    assert _remap_token_embeddings(same, tmp_path, Tok(), fresh) is same
+
+
 @needs_model
 def test_unet_stage_can_continue_from_the_shipped_folder(tmp_path):
     """--init-from accepts an exported folder, so a later run can continue training the shipped weights."""

@@ -15,6 +15,9 @@ two or more objects mentions, with probability ``partial``, only a random non-em
 never the background. Then "a red circle" means "a scene with a red circle in it", which is what composable diffusion
 (AND) and regional prompts assume of each part; a caption with its background clause still lists every object, so
 fully specified prompts keep meaning exactly that scene.
+
+Fine sizes (``fine_sizes``, stage 7 on): the size word is the nearest of nine (vocab.CAPTION_SIZES) to the drawn
+radius, not one of the generator's five, so captions say sizes between "small" and "medium" ("smallish") and so on.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from .vocab import position_phrase
+from .vocab import caption_size_word, position_phrase
 
 STYLE_WEIGHTS = {"empty": 0.10, "full": 0.25, "mixed": 0.50, "sparse": 0.15}
 KEEP_PROBABILITY = 0.75
@@ -32,10 +35,12 @@ def article(next_word: str) -> str:
     return "an" if next_word[0] in "aeiou" else "a"
 
 
-def object_phrase(obj, *, size: bool, colour: bool, position: bool) -> str:
+def object_phrase(obj, *, size: bool, colour: bool, position: bool, fine_sizes: bool = False) -> str:
+    """``fine_sizes``: name the size with the nearest of the finer caption words (vocab.CAPTION_SIZES) for the
+    object's radius instead of its generator size word."""
     words = []
     if size:
-        words.append(obj.size)
+        words.append(caption_size_word(obj.radius) if fine_sizes else obj.size)
     if colour:
         words.append(obj.colour)
     words.append(obj.shape)
@@ -53,7 +58,8 @@ def full_caption(background: str, objects: Sequence, *, with_background: bool = 
     return text
 
 
-def caption_for(background: str, objects: Sequence, rng: random.Random, *, partial: float = 0.0) -> str:
+def caption_for(background: str, objects: Sequence, rng: random.Random, *, partial: float = 0.0,
+                fine_sizes: bool = False) -> str:
     style = rng.choices(list(STYLE_WEIGHTS), weights=list(STYLE_WEIGHTS.values()))[0]
     if style == "empty":
         return ""
@@ -72,7 +78,7 @@ def caption_for(background: str, objects: Sequence, rng: random.Random, *, parti
         else:  # sparse: at most one attribute besides the shape, never position
             one = rng.choice(["size", "colour", None])
             keep = dict(size=one == "size", colour=one == "colour", position=False)
-        phrases.append(object_phrase(obj, **keep))
+        phrases.append(object_phrase(obj, **keep, fine_sizes=fine_sizes))
     text = " and ".join(phrases)
     with_bg = style == "full" or (style == "mixed" and rng.random() < KEEP_PROBABILITY)
     if with_bg and not is_partial:

@@ -31,7 +31,7 @@ class TinyWorldData:
 
 
 def _scene_chunk(args) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
-    start, count, base_seed, tokenizer_path, partial, continuous_sizes = args
+    start, count, base_seed, tokenizer_path, partial, continuous_sizes, fine_sizes = args
     images = np.empty((count, 64, 64, 3), np.uint8)
     captions = []
     spec = SceneSpec(shapes=TRAIN_SHAPES, continuous_sizes=continuous_sizes)
@@ -40,7 +40,7 @@ def _scene_chunk(args) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
         scene = generate_scene(seed, spec)
         images[i] = np.asarray(scene.image)
         rng = random.Random(seed * 7919 + 17)
-        captions.append([caption_for(scene.background, scene.objects, rng, partial=partial)
+        captions.append([caption_for(scene.background, scene.objects, rng, partial=partial, fine_sizes=fine_sizes)
                          for _ in range(CAPTIONS_PER_SCENE)])
     from .tokenizer import load_tokenizer
 
@@ -51,12 +51,13 @@ def _scene_chunk(args) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
 
 
 def build_dataset(n_scenes: int, tokenizer_path: Path, *, base_seed: int = 0, workers: int = 2, progress=None,
-                  partial_captions: float = 0.0, continuous_sizes: bool = False) -> TinyWorldData:
+                  partial_captions: float = 0.0, continuous_sizes: bool = False,
+                  fine_sizes: bool = False) -> TinyWorldData:
     """Draw n_scenes scenes (seeds base_seed..) and tokenize their caption variants, in worker processes
-    (``partial_captions``: see :mod:`.captions`; ``continuous_sizes``: see :class:`.scenes.SceneSpec`)."""
+    (``partial_captions``, ``fine_sizes``: see :mod:`.captions`; ``continuous_sizes``: see :class:`.scenes.SceneSpec`)."""
     chunk = 2000
     jobs = [(s, min(chunk, n_scenes - s), base_seed, str(tokenizer_path), float(partial_captions),
-             bool(continuous_sizes)) for s in range(0, n_scenes, chunk)]
+             bool(continuous_sizes), bool(fine_sizes)) for s in range(0, n_scenes, chunk)]
     images, captions, token_ids = [], [], []
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
     try:

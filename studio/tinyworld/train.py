@@ -58,6 +58,7 @@ class Recipe:
     cfg_default: float = 5.0
     partial_captions: float = 0.5  # share of multi-object captions that mention only some objects (captions.py)
     continuous_sizes: bool = True  # radii over each size word's whole range (scenes.SceneSpec)
+    fine_sizes: bool = False  # captions name sizes with nine words, not five (captions.py, vocab.CAPTION_SIZES)
 
     def __post_init__(self):
         noise_scheduler_config(self.prediction_type)  # raises a clear error for an unknown prediction type
@@ -116,7 +117,7 @@ def stage_data(work: Path, recipe: Recipe, workers: int) -> None:
     with tqdm(total=recipe.n_scenes, desc="data", unit="scene") as bar:
         data = ds.build_dataset(recipe.n_scenes, tokenizer_path, base_seed=recipe.seed * 1_000_003, workers=workers,
                                 progress=bar.update, partial_captions=recipe.partial_captions,
-                                continuous_sizes=recipe.continuous_sizes)
+                                continuous_sizes=recipe.continuous_sizes, fine_sizes=recipe.fine_sizes)
     ds.save_dataset(data, data_path)
     log.info("data: %d scenes in %.1fs", len(data), time.time() - t0)
 
@@ -251,6 +252,40 @@ def _load_init_weights(path: Path, device: torch.device) -> dict:
     return torch.load(path, map_location=device)
 
 
+TOKEN_EMBEDDING = "embeddings.token_embedding.weight"  # CLIPTextModel's state-dict key (transformers 5)
+
+
+def _remap_token_embeddings(text_state: dict, init_from: Path, tokenizer, fresh: torch.Tensor) -> dict:
+    """Carry a fine-tune's text encoder over to a grown vocabulary: each token keeps its trained row (looked up by
+    its string, since new words shift the BPE ids); a new caption size word starts at the mean of the two sizes it
+    sits between; any other new token keeps its fresh random row. Returns the state unchanged when the vocabularies
+    match."""
+    from .vocab import CAPTION_SIZES
+
+    old_vocab_path = Path(init_from) / "tokenizer" / "vocab.json"
+    new_vocab = tokenizer.get_vocab()
+    if not old_vocab_path.is_file():
+        return text_state
+    old_vocab = json.loads(old_vocab_path.read_text(encoding="utf-8"))
+    if old_vocab == new_vocab:
+        return text_state
+    old = text_state[TOKEN_EMBEDDING].float()
+    rows = fresh.detach().clone().float()
+    for token, i in new_vocab.items():
+        if token in old_vocab:
+            rows[i] = old[old_vocab[token]]
+    words = list(CAPTION_SIZES)
+    for k, word in enumerate(words):
+        token = word + "</w>"
+        if token in old_vocab or token not in new_vocab:
+            continue
+        neighbours = [w + "</w>" for w in words[max(0, k - 1):k + 2:2] if w + "</w>" in old_vocab]
+        if neighbours:
+            rows[new_vocab[token]] = torch.stack([old[old_vocab[t]] for t in neighbours]).mean(0)
+    log.info("unet: token embeddings remapped to the new vocabulary (%d -> %d tokens)", len(old_vocab), len(new_vocab))
+    return {**text_state, TOKEN_EMBEDDING: rows}
+
+
 def stage_unet(work: Path, recipe: Recipe, device: torch.device, init_from: Path | None = None) -> None:
     final = work / "unet_final.pt"
     if final.exists():
@@ -276,7 +311,9 @@ def stage_unet(work: Path, recipe: Recipe, device: torch.device, init_from: Path
     if init_from is not None and not ckpt_path.exists():
         init = _load_init_weights(init_from, device)
         unet.load_state_dict({k: v.float() for k, v in init["ema_unet"].items()})
-        text_encoder.load_state_dict({k: v.float() for k, v in init["ema_text"].items()})
+        text_state = _remap_token_embeddings(init["ema_text"], init_from, tokenizer,
+                                             text_encoder.state_dict()[TOKEN_EMBEDDING])
+        text_encoder.load_state_dict({k: v.float() for k, v in text_state.items()})
         ema_unet, ema_text = Ema(unet, recipe.ema_decay), Ema(text_encoder, recipe.ema_decay)
         log.info("unet: initialised from %s (trained steps: %s)", init_from, init.get("step", "see its training.json"))
     if ckpt_path.exists():

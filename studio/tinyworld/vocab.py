@@ -29,6 +29,14 @@ ALL_SHAPES = TRAIN_SHAPES + HELD_OUT_SHAPES
 SIZES = {"tiny": 5.0, "small": 8.0, "medium": 11.0, "large": 15.0, "huge": 19.0}
 SIZE_JITTER = 0.08  # +-8% around the nominal radius
 
+# Finer size words for captions only (recipes with ``fine_sizes``): the five sizes above plus one word halfway
+# between each pair, so a caption's size word pins the radius to +-0.75..1 px instead of +-1.5..2 px. The generator
+# and the analyzer keep the five SIZES; these words only make the text say more precisely what was drawn, so that
+# the model learns size as a near-continuum (a size slider then has captioned sizes between its five words).
+# "big" sits between "large" and "huge" by Tiny World's convention.
+CAPTION_SIZES = {"tiny": 5.0, "little": 6.5, "small": 8.0, "smallish": 9.5, "medium": 11.0, "largish": 13.0,
+                 "large": 15.0, "big": 17.0, "huge": 19.0}
+
 COLUMNS = ("left", "center", "right")
 ROWS = ("top", "middle", "bottom")
 
@@ -60,9 +68,15 @@ def size_word(radius: float) -> str:
     return min(SIZES, key=lambda w: abs(SIZES[w] - radius))
 
 
+def caption_size_word(radius: float) -> str:
+    """Nearest of the finer caption size words (CAPTION_SIZES) for a radius."""
+    return min(CAPTION_SIZES, key=lambda w: abs(CAPTION_SIZES[w] - radius))
+
+
 def all_words() -> list[str]:
     """Every word that Tiny World captions (and held-out shape names) use; each is one token."""
     words = list(FUNCTION_WORDS) + list(BACKGROUNDS) + list(PALETTE) + list(ALL_SHAPES) + list(SIZES)
+    words += list(CAPTION_SIZES)
     words += list(COLUMNS) + list(ROWS)
     seen: list[str] = []
     for w in words:
