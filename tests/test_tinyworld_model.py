@@ -201,3 +201,32 @@ def test_recipe_refuses_an_unknown_prediction_type():
 
     with pytest.raises(ValueError, match="prediction_type must be one of"):
         Recipe(prediction_type="x0")
+
+
+CANDIDATE = MODEL.parent / "tinyworld-stage7"
+
+
+@pytest.mark.skipif(not CANDIDATE.exists(), reason="assets/tinyworld-stage7 not present")
+def test_stage7_candidate_loads_like_any_folder_and_knows_nine_size_words():
+    """The candidate beside the shipped weights is a plain diffusers folder that the studio's loader takes, with
+    every caption size word one token, and it draws the size it is asked for."""
+    from studio.models import load_model
+    from studio.tinyworld.vocab import CAPTION_SIZES
+
+    model = load_model(str(CANDIDATE), device="cpu")
+    assert model.weights_hash == "17cdd1e88905" and model.prediction_type == "v_prediction"
+    tokenizer = model.tokenizer
+    for word in CAPTION_SIZES:
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(CANDIDATE))
+    pipe.set_progress_bar_config(disable=True)
+    radii = []
+    for word in ("little", "largish"):
+        image = pipe(f"a {word} red circle in the center on a black background", num_inference_steps=12,
+                     guidance_scale=3.0, height=64, width=64, generator=torch.Generator().manual_seed(3)).images[0]
+        seen = analyze(image).objects
+        assert len(seen) == 1 and seen[0].shape == "circle" and seen[0].colour == "red", word
+        radii.append(seen[0].radius)
+    assert radii[0] + 4 < radii[1]  # 6.5 px against 13 px asked for
