@@ -90,6 +90,7 @@ def evaluate(render, token: str, shape: str, seeds: int) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tinyworld", help="a Tiny World folder (default: the shipped weights)")
     p.add_argument("--shapes", default="ring,star")
     p.add_argument("--methods", default="textual-inversion,prospect,lora")
     p.add_argument("--seeds", type=int, default=64)
@@ -107,9 +108,9 @@ def main() -> int:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model("tinyworld")
+    model = load_model(args.model)
     controller = PersonalizationController(model)
-    results = {"model": "tinyworld", "weights_hash": model.weights_hash, "threads": torch.get_num_threads(),
+    results = {"model": args.model, "weights_hash": model.weights_hash, "threads": torch.get_num_threads(),
                "augment": args.augment, "colour_keep": args.colour_keep, "runs": []}
     rows = []
     for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
