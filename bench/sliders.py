@@ -27,7 +27,7 @@ naive+local): the same slider with local blending (SubjectLocalBlend: everything
                             [--parts size,pair,hue] [--delay 0.0]
 
 Why sweeps jump (--size-words-from RESULTS.json, no slider): each saved size sweep's prompt is rendered at its seed
-with each of Tiny World's five size words in place of the prompt's, and every sweep's largest step is checked: does
+with each size word the model knows (five; nine with fine sizes) in place of the prompt's, and every sweep's largest step is checked: does
 it start and end within 1 px of two different size-word renders of that seed (the slider leaping from the seed's
 "medium" picture to its "large" one, say)? And are two neighbouring size words' renders at that seed already more
 than 35% of the sweep's range apart (the model itself jumping between sizes one word apart)?
@@ -58,7 +58,7 @@ from studio.controllers.attributes import (  # noqa: E402
 from studio.engine import GenerationRequest  # noqa: E402
 from studio.models import load_model  # noqa: E402
 from studio.tinyworld.analyzer import analyze  # noqa: E402
-from studio.tinyworld.vocab import SIZES  # noqa: E402
+from studio.tinyworld.vocab import known_size_words  # noqa: E402
 
 COLOURS = ["red", "orange", "yellow", "green", "blue", "purple"]
 BACKGROUNDS = ["black", "white", "gray"]
@@ -146,15 +146,13 @@ def square_pixels_kept(frames, analyses, zero: int) -> list[float] | None:
     return shares
 
 
-SIZE_WORDS = tuple(SIZES)  # Tiny World's size words, smallest first
-
-
 def size_word_check(model, saved: dict, cfg: float, steps: int, tolerance: float = 1.0) -> dict:
     """For every size sweep in ``saved`` (a results file): the radius of its seed's render with each size word, and
     whether the sweep's largest step runs between two different ones (both ends within ``tolerance`` px)."""
     from studio.engine import Engine
 
     engine, out, rendered = Engine(model), {}, {}  # methods share prompts and seeds: render each once
+    size_words = known_size_words(model.tokenizer)  # the model's own: five, or nine with fine sizes
     word = saved.get("size_word") or "medium"
     for method, result in saved["methods"].items():
         records = []
@@ -162,7 +160,7 @@ def size_word_check(model, saved: dict, cfg: float, steps: int, tolerance: float
             if word not in sweep["prompt"].split():
                 raise SystemExit(f"{sweep['prompt']!r} has no size word {word!r} to replace")
             radii = []
-            for w in SIZE_WORDS:
+            for w in size_words:
                 prompt = " ".join(w if t == word else t for t in sweep["prompt"].split())
                 if (prompt, sweep["seed"]) not in rendered:
                     image = engine.generate(GenerationRequest(prompt=prompt, seed=sweep["seed"], cfg=cfg,
@@ -174,7 +172,7 @@ def size_word_check(model, saved: dict, cfg: float, steps: int, tolerance: float
             span = max(r) - min(r)
             steps_ = [abs(b - a) for a, b in zip(r, r[1:])]
             k = int(np.argmax(steps_))
-            near = [min(range(5), key=lambda j: abs(radii[j] - x)) for x in (r[k], r[k + 1])]
+            near = [min(range(len(size_words)), key=lambda j: abs(radii[j] - x)) for x in (r[k], r[k + 1])]
             between = all(abs(radii[j] - x) <= tolerance for j, x in zip(near, (r[k], r[k + 1]))) \
                 and near[0] != near[1]
             # the seed's own size words, one size apart, already differ by more than the smoothness limit
@@ -425,7 +423,7 @@ def main() -> int:
     p.add_argument("--pair-frames-from", nargs="+", default=None, metavar="RESULTS.json",
                    help="only print the frame-by-frame two-object figures of earlier result files (no rendering)")
     p.add_argument("--size-words-from", default=None, metavar="RESULTS.json",
-                   help="only check where the saved size sweeps jump: against each seed's five size-word renders")
+                   help="only check where the saved size sweeps jump: against each seed's size-word renders")
     args = p.parse_args()
     if args.size_words_from:
         saved = json.loads(Path(args.size_words_from).read_text())
@@ -441,7 +439,7 @@ def main() -> int:
                       r["smooth_largest_step_between_word_renders"], r["jumps_with_word_gap_over_35"],
                       r["smooth_with_word_gap_over_35"]] for m, r in checked.items()])
         payload = {"machine": machine(torch.device("cpu")), "model": args.model, "weights_hash": model.weights_hash,
-                   "from": args.size_words_from, "size_words": list(SIZE_WORDS), "tolerance_px": 1.0,
+                   "from": args.size_words_from, "size_words": known_size_words(model.tokenizer), "tolerance_px": 1.0,
                    "methods": checked, "seconds": round(time.time() - t0)}
         print(f"wrote {write_results('sliders-size-words', payload, args.out)}")
         return 0

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from studio.tinyworld.analyzer import analyze  # noqa: E402
 from studio.tinyworld.captions import full_caption, object_phrase  # noqa: E402
 from studio.tinyworld.scenes import SceneSpec, generate_scene  # noqa: E402
-from studio.tinyworld.vocab import CAPTION_SIZES, SIZES  # noqa: E402
+from studio.tinyworld.vocab import CAPTION_SIZES, SIZES, known_size_words  # noqa: E402
 
 SIZE_ORDER = list(SIZES)
 
@@ -132,7 +132,7 @@ def eval_size_words(pipe, n: int, cfg: float, steps: int, batch: int) -> dict:
     import dataclasses
     import statistics
 
-    words = [w for w in CAPTION_SIZES if len(pipe.tokenizer(w, add_special_tokens=False).input_ids) == 1]
+    words = known_size_words(pipe.tokenizer)
     seeds = [40_000 + i for i in range(n)]
     scenes = [generate_scene(s, SceneSpec(n_objects=1)) for s in seeds]
     radii = {}  # word -> per-seed radius (None: not exactly one object of the prompted shape)

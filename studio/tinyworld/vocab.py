@@ -73,6 +73,12 @@ def caption_size_word(radius: float) -> str:
     return min(CAPTION_SIZES, key=lambda w: abs(CAPTION_SIZES[w] - radius))
 
 
+def known_size_words(tokenizer) -> list[str]:
+    """The caption size words a model's tokenizer has as one token, smallest first: the five SIZES for weights
+    trained without fine sizes, all nine CAPTION_SIZES for those trained with them."""
+    return [w for w in CAPTION_SIZES if len(tokenizer(w, add_special_tokens=False).input_ids) == 1]
+
+
 def all_words() -> list[str]:
     """Every word that Tiny World captions (and held-out shape names) use; each is one token."""
     words = list(FUNCTION_WORDS) + list(BACKGROUNDS) + list(PALETTE) + list(ALL_SHAPES) + list(SIZES)
