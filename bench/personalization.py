@@ -8,7 +8,7 @@ places and backgrounds. Each method learns token <ring> (or <star>) from them, i
   "a large <tok> at the top left"  the shape, and size word "large" with position "at the top left"
   "a red circle" (LoRA only)       still a circle (drift of the shared words)
 
-methods: textual-inversion (one vector), prospect (ten per-stage vectors, all stages to the concept), lora
+methods: textual-inversion (--vectors vectors per token, default one), prospect (ten per-stage vectors, all stages to the concept), lora
 (rank --rank on the attention projections, with the token, prior preservation on 8 renders of the init word),
 lora-resnets (the same, also on the 3x3 convolutions of every ResNet block).
 
@@ -96,6 +96,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=64)
     p.add_argument("--ti-steps", type=int, default=300)
     p.add_argument("--ti-lr", type=float, default=1e-3)
+    p.add_argument("--vectors", type=int, default=1,
+                   help="textual inversion: vectors per token (A1111's option; the token becomes that many)")
     p.add_argument("--lora-steps", type=int, default=300)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--augment", default="none", choices=("none", "mirror", "mirror+flip"),
@@ -111,7 +113,8 @@ def main() -> int:
     model = load_model(args.model)
     controller = PersonalizationController(model)
     results = {"model": args.model, "weights_hash": model.weights_hash, "threads": torch.get_num_threads(),
-               "augment": args.augment, "colour_keep": args.colour_keep, "runs": []}
+               "augment": args.augment, "colour_keep": args.colour_keep, "vectors": args.vectors,
+               "runs": []}
     rows = []
     for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
         images, token = training_images(shape), f"<{shape}>"
@@ -133,7 +136,8 @@ def main() -> int:
             else:
                 spec = TrainingSpec(token, INIT[shape], method=method, steps=args.ti_steps,
                                     learning_rate=args.ti_lr, preview_every=0, augment=args.augment,
-                                    colour_keep=args.colour_keep)
+                                    colour_keep=args.colour_keep,
+                                    vectors=args.vectors if method == "textual-inversion" else 1)
                 result = controller.train(TrainConceptRequest(tuple(images), spec))
                 seconds, losses = result.seconds, result.losses
                 use = ConceptUse(result.concept)

@@ -47,6 +47,8 @@ def add_personalize_parser(sub) -> None:
     p.add_argument("--init-word", default="object", help="a word the model knows to start from (default: object)")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--lr", type=float, help="learning rate (default: 1e-3)")
+    p.add_argument("--vectors", type=int, default=1,
+                   help="textual-inversion: vectors per token (the token stands for that many; default 1)")
     p.add_argument("--rank", type=int, default=8, help="lora: rank (default 8)")
     p.add_argument("--resnets", action="store_true",
                    help="lora: also adapt the ResNet blocks' 3x3 convolutions (for shapes the model never drew)")
@@ -88,6 +90,8 @@ def cmd_personalize(args: argparse.Namespace, ctx: Context) -> int:
         if out.suffix != ".safetensors":
             raise UsageError(f"--out must be a .safetensors file, got {out}")
         lora = args.method == "lora"
+        if args.vectors != 1 and args.method != "textual-inversion":
+            raise UsageError(f"--vectors is for textual-inversion; {args.method} does not take it")
         if args.format not in (("diffusers", "kohya") if lora else ("diffusers", "a1111")):
             raise UsageError(f"--format {args.format} is not a {'LoRA' if lora else 'embedding'} format")
         images = [read_image_arg(str(f), "images").convert("RGB") for f in files]
@@ -95,7 +99,7 @@ def cmd_personalize(args: argparse.Namespace, ctx: Context) -> int:
         spec = LoraSpec(args.token, args.init_word, args.rank, args.steps, lr, args.batch, args.seed,
                         resnets=args.resnets, augment=args.augment, colour_keep=args.colour_keep) if lora else \
             TrainingSpec(args.token, args.init_word, args.method, args.steps, lr, args.batch, args.seed,
-                         preview_every=0, augment=args.augment, colour_keep=args.colour_keep)
+                         preview_every=0, augment=args.augment, colour_keep=args.colour_keep, vectors=args.vectors)
         try:
             spec.check()
         except InvalidRequest as e:

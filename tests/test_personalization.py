@@ -152,6 +152,28 @@ def test_per_stage_training_and_generation(tiny_model):
         controller.generate(PersonalizedRequest(BASE, (ConceptUse(concept, ()),)), save=False)
 
 
+def test_multi_vector_textual_inversion_learns_every_vector(tiny_model):
+    controller = PersonalizationController(tiny_model)
+    spec = TrainingSpec("<ring>", "square", steps=3, batch_size=2, preview_every=0, learning_rate=5e-2, vectors=3)
+    result = controller.train(TrainConceptRequest(tuple(images()), spec))
+    vectors = result.concept.vectors
+    assert vectors.shape == (3, dim(tiny_model)) and result.concept.token_names()[1:] == ["<ring>@v2", "<ring>@v3"]
+    start = tiny_model.text_encoder.get_input_embeddings()(
+        torch.tensor(tiny_model.tokenizer("square", add_special_tokens=False).input_ids)).float().mean(0)
+    # every vector got gradients of its own (the three positions differ), none is left at the start
+    assert all(not torch.allclose(v, start) for v in vectors)
+    assert not torch.allclose(vectors[0], vectors[1]) and not torch.allclose(vectors[1], vectors[2])
+    copy = personalized_copy(tiny_model, [result.concept])
+    assert copy.tokenizer.tokenize("a <ring>") == ["a</w>", "<ring>", "<ring>@v2", "<ring>@v3"]
+    assert copy.tokenizer.tokenize("a <ring>@v2") == ["a</w>", "<ring>@v2"]  # one of its tokens is not expanded
+    out = controller.generate(PersonalizedRequest(BASE, (ConceptUse(result.concept),)), save=False)
+    assert out.images[0].size == (64, 64)
+    with pytest.raises(InvalidRequest, match="vectors per token is for textual inversion"):
+        controller.train(TrainConceptRequest(tuple(images()), replace(spec, method="prospect")))
+    with pytest.raises(InvalidRequest, match="vectors must be a whole number"):
+        controller.train(TrainConceptRequest(tuple(images()), replace(spec, vectors=0)))
+
+
 def test_generation_with_a_concept_differs_and_records_it(tiny_model):
     controller = PersonalizationController(tiny_model)
     concept = LearnedConcept("<ring>", torch.randn(1, dim(tiny_model)) * 3)
@@ -242,6 +264,12 @@ def test_cli_personalize_then_generate_with_the_embedding(tiny_model, tmp_path):
     code, _, err = run_cli(tiny_model, "personalize", "textual-inversion", "--images", tmp_path / "none", "--token",
                            "<ring>", "--out", tmp_path / "x.safetensors")
     assert code == 2 and "no such folder" in err
+    code, _, err = run_cli(tiny_model, "personalize", "prospect", "--images", folder, "--token", "<ring>",
+                           "--vectors", 2, "--out", tmp_path / "x.safetensors")
+    assert code == 2 and "--vectors is for textual-inversion" in err
+    code, _, err = run_cli(tiny_model, "personalize", "textual-inversion", "--images", folder, "--token", "<ring>",
+                           "--vectors", 99, "--out", tmp_path / "x.safetensors")
+    assert code == 2 and "vectors must be a whole number in 1..16" in err
     code, _, err = run_cli(tiny_model, "generate", "--prompt", "x", "--embedding", tmp_path / "missing.safetensors",
                            "--out", tmp_path / "y.png")
     assert code == 2 and "missing.safetensors" in err

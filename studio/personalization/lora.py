@@ -328,7 +328,7 @@ def train_lora(model, images, spec: LoraSpec, *, cancel: CancelToken | None = No
                 ids = caption_ids(tok, texts, model.device)
                 weights = torch.tensor([1.0] * len(index) + [spec.prior_weight] * n_prior).view(-1, 1, 1, 1)
                 with torch.enable_grad():
-                    embedding.override = (tid, learned[[0] * spec.batch_size].to(model.dtype))
+                    embedding.override = ([tid], learned[[0] * spec.batch_size][:, None, :].to(model.dtype))
                     hidden = working.text_encoder(ids)[0]
                     pred = unet(noisy.to(model.device, model.dtype), t.to(model.device), encoder_hidden_states=hidden,
                                 return_dict=False)[0]

@@ -79,7 +79,8 @@ class ExtendedEmbedding(torch.nn.Module):
         self.extra = torch.nn.Parameter(extra.to(base.weight.device, base.weight.dtype), requires_grad=False)
         self.num_embeddings = base.num_embeddings + extra.shape[0]
         self.embedding_dim = base.embedding_dim
-        self.override: tuple[int, torch.Tensor] | None = None  # (token id, (batch, dim) vectors) for training
+        # training: (token ids (k,), vectors (batch, k, dim)); token ids[j] reads vectors[:, j]
+        self.override: tuple[list[int], torch.Tensor] | None = None
 
     @property
     def weight(self) -> torch.Tensor:  # code that reads the table (e.g. resizing) sees the whole of it
@@ -93,8 +94,9 @@ class ExtendedEmbedding(torch.nn.Module):
         new = self.extra[(ids - n).clamp(min=0, max=self.extra.shape[0] - 1)]
         out = torch.where((ids >= n)[..., None], new, known)
         if self.override is not None:
-            token_id, vectors = self.override
-            out = torch.where((ids == token_id)[..., None], vectors[:, None, :].to(out.dtype), out)
+            token_ids, vectors = self.override
+            for j, token_id in enumerate(token_ids):
+                out = torch.where((ids == token_id)[..., None], vectors[:, None, j, :].to(out.dtype), out)
         return out
 
 
@@ -109,7 +111,8 @@ class ExpandingTokenizer:
     def _expand(self, text):
         if isinstance(text, str):
             for token, expanded in self._expansions.items():
-                text = text.replace(token, expanded)
+                # not inside one of its own tokens ("<t>@v2"), so expanded text stays as it is
+                text = re.sub(re.escape(token) + r"(?!@)", lambda _: expanded, text)
             return text
         if isinstance(text, (list, tuple)):
             return [self._expand(t) for t in text]

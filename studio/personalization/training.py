@@ -37,6 +37,7 @@ from studio.engine import Cancelled, CancelToken, Engine, GenerationRequest, Inv
 from .tokens import LearnedConcept, check_token, personalized_copy, token_id
 
 MIN_IMAGES, MAX_IMAGES = 3, 20
+MAX_VECTORS = 16
 TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a close-up photo of a {}", "a {}",
              "a good photo of a {}", "a rendering of a {}", "a cropped photo of a {}")
 KEEP_PROBABILITY = 0.75
@@ -46,8 +47,10 @@ AUGMENTS = ("none", "mirror", "mirror+flip")
 @dataclass(frozen=True)
 class TrainingSpec:
     """How to learn ``token``: ``method`` is ``textual-inversion`` or ``prospect``; ``init_word`` starts the
-    vectors (a word of the model); ``preview_every`` steps a preview of ``preview_prompt`` (default ``"a <token>"``)
-    is rendered; the run checkpoints every ``checkpoint_every`` steps."""
+    vectors (a word of the model); ``vectors`` (textual inversion only) is how many embedding vectors the token
+    stands for (A1111's "vectors per token": the prompt's ``<token>`` becomes that many tokens, more room for a
+    concept far from the model's words); ``preview_every`` steps a preview of ``preview_prompt`` (default
+    ``"a <token>"``) is rendered; the run checkpoints every ``checkpoint_every`` steps."""
 
     token: str
     init_word: str
@@ -61,6 +64,7 @@ class TrainingSpec:
     checkpoint_every: int = 50
     augment: str = "none"  # see augmented()
     colour_keep: float = KEEP_PROBABILITY  # Tiny World captions: how often they name the colour (see the docstring)
+    vectors: int = 1
 
     def check(self) -> None:
         check_token(self.token)
@@ -72,10 +76,13 @@ class TrainingSpec:
             raise InvalidRequest("give an initializer word (a word the model knows, e.g. 'circle')", "init_word")
         checks = (("steps", self.steps, 1, 100_000), ("batch_size", self.batch_size, 1, 64),
                   ("preview_every", self.preview_every, 0, 100_000), ("checkpoint_every", self.checkpoint_every, 1,
-                                                                      100_000))
+                                                                      100_000), ("vectors", self.vectors, 1, MAX_VECTORS))
         for name, value, lo, hi in checks:
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise InvalidRequest(f"{name} must be a whole number in {lo}..{hi}, got {value!r}", name)
+        if self.method == "prospect" and self.vectors != 1:
+            raise InvalidRequest(f"per-stage inversion learns one vector per stage; vectors per token is for textual "
+                                 f"inversion (got vectors={self.vectors})", "vectors")
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate <= 1):
             raise InvalidRequest(f"learning rate must be in (0, 1], got {self.learning_rate!r}", "learning_rate")
 
@@ -199,7 +206,7 @@ def initial_vectors(model, spec: TrainingSpec) -> torch.Tensor:
     table = model.text_encoder.get_input_embeddings()
     with torch.no_grad():
         start = table(torch.tensor(ids, device=model.device)).float().mean(0).cpu()
-    rows = NUM_STAGES if spec.method == "prospect" else 1
+    rows = NUM_STAGES if spec.method == "prospect" else spec.vectors
     return start.expand(rows, -1).clone()
 
 
@@ -224,8 +231,10 @@ def train_concept(model, images, spec: TrainingSpec, *, cancel: CancelToken | No
         latents = engine.encode(pixels).float()
     kind = spec.method
     working = personalized_copy(model, [LearnedConcept(spec.token, vectors, kind, spec.init_word)])
-    train_token = f"{spec.token}@1" if kind == "prospect" else spec.token
-    train_id = token_id(working, train_token)
+    concept_tokens = LearnedConcept(spec.token, vectors, kind, spec.init_word).token_names()
+    train_token = concept_tokens[0] if kind == "prospect" else spec.token  # a multi-vector token expands in captions
+    train_ids = [token_id(working, concept_tokens[0])] if kind == "prospect" else \
+        [token_id(working, name) for name in concept_tokens]
     embedding = working.text_encoder.get_input_embeddings()
     scheduler = make_scheduler(model.scheduler_config, "DDIM")
     table = scheduler.alphas_cumprod.float()
@@ -235,7 +244,7 @@ def train_concept(model, images, spec: TrainingSpec, *, cancel: CancelToken | No
     optimiser = torch.optim.Adam([learned], lr=spec.learning_rate)
     start_step, losses = 0, []
     key = {"token": spec.token, "method": kind, "model_hash": model.weights_hash, "images": _images_key(pictures),
-           "lr": spec.learning_rate, "batch": spec.batch_size, "seed": spec.seed}
+           "lr": spec.learning_rate, "batch": spec.batch_size, "seed": spec.seed, "vectors": len(vectors)}
     if checkpoint is not None and Path(checkpoint).is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if state.get("key") == key:
@@ -260,10 +269,13 @@ def train_concept(model, images, spec: TrainingSpec, *, cancel: CancelToken | No
                 texts = [caption(train_token, attributes[i] if attributes else None, rng, spec.colour_keep)
                          for i in index.tolist()]
                 ids = caption_ids(tok, texts, model.device)
-                rows = [stage_of_timestep(float(x), n_train) - 1 for x in t] if kind == "prospect" \
-                    else [0] * spec.batch_size
                 with torch.enable_grad():
-                    embedding.override = (train_id, learned[rows].to(model.dtype))
+                    if kind == "prospect":  # each sample reads its timestep's stage row
+                        rows = [stage_of_timestep(float(x), n_train) - 1 for x in t]
+                        batch_vectors = learned[rows][:, None, :]
+                    else:  # every sample reads all of the token's vectors
+                        batch_vectors = learned[None].expand(spec.batch_size, -1, -1)
+                    embedding.override = (train_ids, batch_vectors.to(model.dtype))
                     hidden = working.text_encoder(ids)[0]
                     pred = working.unet(noisy.to(model.device, model.dtype), t.to(model.device),
                                         encoder_hidden_states=hidden, return_dict=False)[0]

@@ -127,6 +127,12 @@ class SceneSpec:
     # radii drawn evenly over each size word's whole range (between the midpoints to its neighbours) instead of
     # +-SIZE_JITTER around it, so the model sees every radius and a size slider has in-between sizes to land on
     continuous_sizes: bool = False
+    # share of scenes with one object when n_objects is None; the rest keep two and three objects at 35:20
+    single_share: float = 0.45
+
+    def count_weights(self) -> list[float]:
+        rest = 1.0 - self.single_share
+        return [self.single_share, rest * 35 / 55, rest * 20 / 55]
 
 
 def size_range(size: str) -> tuple[float, float]:
@@ -162,7 +168,7 @@ def _apart(cx: float, cy: float, r: float, o: SceneObject) -> bool:
 
 
 def sample_objects(rng: random.Random, spec: SceneSpec = SceneSpec()) -> list[SceneObject]:
-    n = spec.n_objects or rng.choices([1, 2, 3], weights=[0.45, 0.35, 0.20])[0]
+    n = spec.n_objects or rng.choices([1, 2, 3], weights=spec.count_weights())[0]
     for _ in range(50):
         objects: list[SceneObject] = []
         for _ in range(n):

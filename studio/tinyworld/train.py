@@ -59,6 +59,7 @@ class Recipe:
     partial_captions: float = 0.5  # share of multi-object captions that mention only some objects (captions.py)
     continuous_sizes: bool = True  # radii over each size word's whole range (scenes.SceneSpec)
     fine_sizes: bool = False  # captions name sizes with nine words, not five (captions.py, vocab.CAPTION_SIZES)
+    single_share: float = 0.45  # share of one-object scenes (scenes.SceneSpec); stage 8 raised it against duplicates
 
     def __post_init__(self):
         noise_scheduler_config(self.prediction_type)  # raises a clear error for an unknown prediction type
@@ -117,7 +118,8 @@ def stage_data(work: Path, recipe: Recipe, workers: int) -> None:
     with tqdm(total=recipe.n_scenes, desc="data", unit="scene") as bar:
         data = ds.build_dataset(recipe.n_scenes, tokenizer_path, base_seed=recipe.seed * 1_000_003, workers=workers,
                                 progress=bar.update, partial_captions=recipe.partial_captions,
-                                continuous_sizes=recipe.continuous_sizes, fine_sizes=recipe.fine_sizes)
+                                continuous_sizes=recipe.continuous_sizes, fine_sizes=recipe.fine_sizes,
+                                single_share=recipe.single_share)
     ds.save_dataset(data, data_path)
     log.info("data: %d scenes in %.1fs", len(data), time.time() - t0)
 

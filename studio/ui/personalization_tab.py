@@ -86,7 +86,7 @@ class PersonalizationHandlers:
     # ---- training
 
     def train(self, session: PersonalizationSession, gallery, method, token, init_word, steps, lr, rank,
-              preview_every, start_over, lora_resnets=False, augment="none"):
+              preview_every, start_over, lora_resnets=False, augment="none", vectors=1):
         """Generator: yields (progress, preview image, status, concept choices, *LoRA slot choices)."""
         session = session if session is not None else PersonalizationSession()
         try:
@@ -102,7 +102,8 @@ class PersonalizationHandlers:
             else:
                 spec = TrainingSpec(token, str(init_word or ""), method, int(steps), float(lr),
                                     preview_every=int(preview_every),
-                                    checkpoint_every=max(1, min(50, int(steps) // 10)), augment=str(augment))
+                                    checkpoint_every=max(1, min(50, int(steps) // 10)), augment=str(augment),
+                                    vectors=int(vectors) if method == "textual-inversion" else 1)
                 spec.check()
                 request = TrainConceptRequest(tuple(images), spec)
         except USER_ERRORS as e:
@@ -299,6 +300,8 @@ def build_personalization_tab(handlers: PersonalizationHandlers, state: gr.State
                 steps = gr.Slider(1, 3000, value=300, step=1, label="Training steps", elem_id="pers_steps")
                 lr = gr.Number(value=1e-3, label="Learning rate", elem_id="pers_lr")
                 rank = gr.Slider(1, 64, value=8, step=1, label="LoRA rank", elem_id="pers_rank")
+                vectors = gr.Slider(1, 16, value=1, step=1, label="Vectors per token (textual inversion)",
+                                    elem_id="pers_vectors")
                 preview_every = gr.Slider(0, 500, value=100, step=10, label="Preview every N steps",
                                           elem_id="pers_preview_every")
             with gr.Row():
@@ -358,7 +361,7 @@ def build_personalization_tab(handlers: PersonalizationHandlers, state: gr.State
     if tinyworld:
         draw.click(handlers.examples, inputs=[shape, scene_seed], outputs=[images], **light)
     train.click(handlers.train, inputs=[state, images, method, token, init_word, steps, lr, rank, preview_every,
-                                        start_over, lora_resnets, augment],
+                                        start_over, lora_resnets, augment, vectors],
                 outputs=[progress, preview, status, chosen, *slots[0::2]],
                 concurrency_limit=1, concurrency_id="train", show_progress="hidden")
     stop.click(handlers.stop, inputs=[state], outputs=[status], **light)
