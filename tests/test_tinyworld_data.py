@@ -36,6 +36,18 @@ def test_scenes_are_deterministic():
     assert not np.array_equal(np.asarray(a.image), np.asarray(generate_scene(124).image))
 
 
+def test_single_share_sets_how_many_scenes_hold_one_object():
+    counts = Counter(len(generate_scene(seed).objects) for seed in range(600))
+    assert abs(counts[1] / 600 - 0.45) < 0.07 and abs(counts[3] / 600 - 0.20) < 0.06
+    assert SceneSpec().count_weights() == [0.45, 0.35, 0.20]  # the weights of every earlier stage, exactly
+    assert all(len(generate_scene(seed, SceneSpec(single_share=1.0)).objects) == 1 for seed in range(50))
+    assert all(len(generate_scene(seed, SceneSpec(single_share=0.0)).objects) > 1 for seed in range(50))
+    more = Counter(len(generate_scene(seed, SceneSpec(single_share=0.65)).objects) for seed in range(600))
+    assert abs(more[1] / 600 - 0.65) < 0.07 and more[2] > more[3]  # two and three objects keep their 35:20
+    with pytest.raises(ValueError, match="single_share"):
+        SceneSpec(single_share=1.5).count_weights()
+
+
 def test_scene_invariants_over_many_seeds():
     for seed in range(300):
         s = generate_scene(seed)

@@ -131,6 +131,10 @@ class SceneSpec:
     single_share: float = 0.45
 
     def count_weights(self) -> list[float]:
+        if self.single_share == 0.45:  # exactly the weights every earlier stage's scenes were drawn with
+            return [0.45, 0.35, 0.20]
+        if not 0 <= self.single_share <= 1:
+            raise ValueError(f"single_share must be a share in [0, 1], got {self.single_share!r}")
         rest = 1.0 - self.single_share
         return [self.single_share, rest * 35 / 55, rest * 20 / 55]
 
