@@ -9,6 +9,9 @@ Prompts come from fixed generator seeds, so every run asks for the same scenes:
            6, nine since stage 7's finer caption sizes), same seed and scene otherwise: the median measured radius
            per word, how often the radius is nearest that word's own, and per seed whether the radii grow word by
            word and the largest step between neighbouring words as a share of the seed's tiny-to-huge range
+  count    one-object prompts said five ways, from the full caption to "a red circle": how often the image shows
+           exactly one object (a prompt without its background clause may, by Tiny World's partial captions, get
+           more; with it, it asks for exactly the objects it names), and how often the named object is among them
 
 Images come from plain diffusers StableDiffusionPipeline (the model's own default sampler, DPM-Solver++), so the
 figures describe the model, not our engine.
@@ -166,6 +169,32 @@ def eval_size_words(pipe, n: int, cfg: float, steps: int, batch: int) -> dict:
             if largest_step else None, "radii": radii}
 
 
+COUNT_PHRASINGS = {  # name -> (size, position, background) said
+    "full": (True, True, True),
+    "no_position": (True, False, True),
+    "colour_shape_background": (False, False, True),
+    "no_position_no_background": (True, False, False),
+    "colour_shape": (False, False, False),
+}
+
+
+def eval_count(pipe, n: int, cfg: float, steps: int, batch: int) -> dict:
+    """One-object prompts said several ways (COUNT_PHRASINGS): how often exactly one object is drawn."""
+    seeds = [50_000 + i for i in range(n)]
+    scenes = [generate_scene(s, SceneSpec(n_objects=1)) for s in seeds]
+    report = {}
+    for name, (size, position, background) in COUNT_PHRASINGS.items():
+        prompts = [object_phrase(s.objects[0], size=size, colour=True, position=position)
+                   + (f" on a {s.background} background" if background else "") for s in scenes]
+        one = named = 0
+        for scene, image in zip(scenes, render(pipe, prompts, seeds, cfg, steps, batch)):
+            objs = analyze(image).objects
+            one += len(objs) == 1
+            named += any((o.colour, o.shape) == (scene.objects[0].colour, scene.objects[0].shape) for o in objs)
+        report[name] = {"example": prompts[0], "exactly_one_object": one / n, "named_object_drawn": named / n}
+    return report
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "assets" / "tinyworld"))
@@ -174,6 +203,7 @@ def main() -> int:
     p.add_argument("--n-pair", type=int, default=120)
     p.add_argument("--n-omitted", type=int, default=60)
     p.add_argument("--n-sizes", type=int, default=48, help="seeds of the sizes part (x each size word)")
+    p.add_argument("--n-count", type=int, default=96, help="scenes of the count part (x each phrasing)")
     p.add_argument("--cfg", type=float, nargs="+", default=None, help="default: the model's studio_defaults.json")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=32)
@@ -194,8 +224,9 @@ def main() -> int:
         pairs = eval_pairs(pipe, args.n_pair, cfg, args.steps, args.batch) if "pair" in parts else {}
         omitted = eval_omitted(pipe, args.n_omitted, cfg, args.steps, args.batch) if "omitted" in parts else {}
         sizes = eval_size_words(pipe, args.n_sizes, cfg, args.steps, args.batch) if "sizes" in parts else {}
+        count = eval_count(pipe, args.n_count, cfg, args.steps, args.batch) if "count" in parts else {}
         runs.append({"cfg": cfg, "single": single, "pair": pairs, "omitted": omitted, "sizes": sizes,
-                     "seconds": time.time() - t0})
+                     "count": count, "seconds": time.time() - t0})
         print(f"\ncfg {cfg}  ({time.time() - t0:.0f}s)")
         print(f"{'single-object metric':<22}{'rate':>8}")
         for k, v in single.items():
@@ -214,6 +245,9 @@ def main() -> int:
                   f"{sizes['seeds_growing_word_by_word']:.0%}; largest step between neighbouring words, median "
                   f"share of the range: {sizes['largest_step_share_median']:.0%}; seeds whose largest step <= 35%: "
                   f"{sizes['seeds_largest_step_le_35pct']:.0%}")
+        for name, row in count.items():
+            print(f"count {name:<28} exactly one object {row['exactly_one_object']:>6.1%}   named object drawn "
+                  f"{row['named_object_drawn']:>6.1%}   e.g. {row['example']!r}")
         if args.grid and grid_images:
             from PIL import Image
 
@@ -227,7 +261,7 @@ def main() -> int:
                     "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None},
         "command": "python " + " ".join(sys.argv),
         "model": args.model, "steps": args.steps, "sampler": "DPM++ 2M (DPMSolverMultistepScheduler)",
-        "n_single": args.n_single, "n_pair": args.n_pair, "n_omitted": args.n_omitted, "n_sizes": args.n_sizes, "runs": runs,
+        "n_single": args.n_single, "n_pair": args.n_pair, "n_omitted": args.n_omitted, "n_sizes": args.n_sizes, "n_count": args.n_count, "runs": runs,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
