@@ -377,7 +377,7 @@ def test_image_learner_noisy_share(tinyworld, monkeypatch):
 def test_learned_images_method_through_controller(tinyworld, tmp_path):
     controller = AttributesController(tinyworld, directions_root=tmp_path)
     with pytest.raises(InvalidRequest, match="no example images"):
-        controller.learner("hue red-yellow", "circle", ImageLearnSettings(steps=2))
+        controller.learner("warmth", "circle", ImageLearnSettings(steps=2))
     controller.learner("size", "circle", ImageLearnSettings(steps=2, batch=2)).run()
     assert controller.has_learned("size", "circle", "learned-images")
     assert not controller.has_learned("size", "circle")  # the guidance-matched one is a different direction
