@@ -230,8 +230,9 @@ def train_concept(model, images, spec: TrainingSpec, *, cancel: CancelToken | No
     with torch.no_grad():
         latents = engine.encode(pixels).float()
     kind = spec.method
-    working = personalized_copy(model, [LearnedConcept(spec.token, vectors, kind, spec.init_word)])
-    concept_tokens = LearnedConcept(spec.token, vectors, kind, spec.init_word).token_names()
+    start_concept = LearnedConcept(spec.token, vectors, kind, spec.init_word)
+    working = personalized_copy(model, [start_concept])
+    concept_tokens = start_concept.token_names()
     train_token = concept_tokens[0] if kind == "prospect" else spec.token  # a multi-vector token expands in captions
     train_ids = [token_id(working, concept_tokens[0])] if kind == "prospect" else \
         [token_id(working, name) for name in concept_tokens]
