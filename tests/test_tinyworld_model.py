@@ -153,7 +153,7 @@ def test_unet_stage_can_continue_from_the_shipped_folder(tmp_path):
     kept = tmp_path / "kept"
     assert main(["--smoke", "--work-dir", str(kept), "--workers", "1", "--stages", "data,latents,unet",
                  "--unet-steps", "1", "--partial-captions", "0.3", "--continuous-sizes", "true",
-                 "--init-from", str(MODEL)]) == 0
+                 "--prefix-share", "0.5", "--init-from", str(MODEL)]) == 0
     shipped = json.loads((MODEL / "vae" / "config.json").read_text())["scaling_factor"]
     assert torch.load(kept / "latents.pt")["scaling_factor"] == pytest.approx(shipped)
     assert "VAE kept from" in (kept / "train.log").read_text()
@@ -230,3 +230,36 @@ def test_stage7_candidate_loads_like_any_folder_and_knows_nine_size_words():
         assert len(seen) == 1 and seen[0].shape == "circle" and seen[0].colour == "red", word
         radii.append(seen[0].radius)
     assert radii[0] + 4 < radii[1]  # 6.5 px against 13 px asked for
+
+
+def test_prefix_mask_hides_the_end_of_a_share_of_captions():
+    """Prefix training (stage 9): a chosen caption keeps BOS and at least its first word, always loses its end token
+    and padding; the others and the word-less (unconditional) captions stay whole; share 0 draws nothing."""
+    from studio.tinyworld.model import build_unet
+    from studio.tinyworld.train import prefix_attention_mask
+
+    eos = 9
+    tokens = torch.tensor([[0, 1, 2, 3, 4, eos, eos, eos]] * 300 + [[0, eos, eos, eos, eos, eos, eos, eos]] * 20)
+    gen = torch.Generator().manual_seed(0)
+    assert prefix_attention_mask(tokens, eos, 0.0, gen) is None
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(0).get_state())
+    mask = prefix_attention_mask(tokens, eos, 0.5, gen)
+    worded, empty = mask[:300], mask[300:]
+    assert torch.all(empty == 1)
+    cut = worded.sum(1)
+    chosen = cut < 8
+    assert 0.35 < chosen.float().mean() < 0.65
+    assert torch.all(worded[:, :2] == 1)  # BOS and the first word always seen
+    assert torch.all(cut[chosen] <= 5) and set(cut[chosen].tolist()) == {2, 3, 4, 5}  # end token hidden
+    assert torch.all(worded[chosen][torch.arange(8)[None].expand(int(chosen.sum()), 8) >= cut[chosen, None]] == 0)
+    # the UNet honours the mask: hiding tokens changes its output, an all-ones mask does not
+    unet = build_unet().eval()
+    torch.manual_seed(0)
+    x, enc = torch.randn(2, unet.config.in_channels, 8, 8), torch.randn(2, 8, unet.config.cross_attention_dim)
+    t = torch.tensor([500, 500])
+    with torch.no_grad():
+        plain = unet(x, t, enc).sample
+        ones = unet(x, t, enc, encoder_attention_mask=torch.ones(2, 8)).sample
+        hidden = unet(x, t, enc, encoder_attention_mask=mask[:2].clone().fill_(1).index_fill_(1, torch.tensor([5, 6, 7]), 0)).sample
+    assert torch.allclose(plain, ones, atol=1e-5)
+    assert not torch.allclose(plain, hidden, atol=1e-3)

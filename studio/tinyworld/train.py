@@ -60,6 +60,7 @@ class Recipe:
     continuous_sizes: bool = True  # radii over each size word's whole range (scenes.SceneSpec)
     fine_sizes: bool = False  # captions name sizes with nine words, not five (captions.py, vocab.CAPTION_SIZES)
     single_share: float = 0.45  # share of one-object scenes (scenes.SceneSpec); stage 8 raised it against duplicates
+    prefix_share: float = 0.0  # share of UNet samples that see only a prefix of their caption (prefix_attention_mask)
 
     def __post_init__(self):
         noise_scheduler_config(self.prediction_type)  # raises a clear error for an unknown prediction type
@@ -74,6 +75,34 @@ def _seed_everything(seed: int) -> None:
 def _lr_factor(progress: float, step: int, warmup: int) -> float:
     warm = min(1.0, (step + 1) / max(1, warmup))
     return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def prefix_attention_mask(tokens: torch.Tensor, eos_id: int, share: float,
+                          generator: torch.Generator) -> torch.Tensor | None:
+    """Cross-attention mask that shows a random share of the samples only a prefix of their caption's tokens.
+
+    Why: the text encoder is causal, so the last tokens of a caption (the words after the object, the end token
+    and the padding) each summarise the whole caption, and a UNet trained on full captions learns to read an
+    object's colour there rather than at the object's own words (stage 8: putting the encoding of "purple" at
+    "blue" and "circle" leaves the circle blue; putting it at the words after them turns it purple). A sample that
+    sees only ``BOS w1 .. wk`` (end token and padding hidden, ``2 <= k + 1 <= caption length``) must take what its
+    words say from those words, which is what subject sliders, prompt-to-prompt and token maps act on.
+
+    Returns ``(batch, tokens)`` with 1 = attend and 0 = hidden, or None when ``share`` is 0 (no random draws, so
+    recipes without it train exactly as before). Captions without words (the unconditional ones) stay whole."""
+    if share <= 0:
+        return None
+    batch, seq = tokens.shape
+    is_eos = tokens == eos_id
+    is_eos[:, 0] = False
+    length = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(is_eos[:, 0], seq, dtype=torch.long))
+    chosen = (torch.rand(batch, generator=generator, device=tokens.device) < share) & (length >= 2)
+    u = torch.rand(batch, generator=generator, device=tokens.device)
+    cut = 2 + (u * (length - 1).clamp(min=1)).long().clamp(max=seq)  # 2 .. length: keep positions < cut
+    cut = torch.minimum(cut, length)
+    keep = torch.arange(seq, device=tokens.device)[None, :] < cut[:, None]
+    keep[~chosen] = True
+    return keep.float()
 
 
 def _autocast(device: torch.device):
@@ -328,6 +357,7 @@ def stage_unet(work: Path, recipe: Recipe, device: torch.device, init_from: Path
         log.info("unet: resumed at step %d", step)
     scheduler = DDPMScheduler(**noise_scheduler_config(recipe.prediction_type))
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    eos_id = tokenizer.eos_token_id
     gen = torch.Generator(device=device).manual_seed(recipe.seed + 7 + step)
     n, variants = token_ids.shape[:2]
     bar = tqdm(total=recipe.unet_steps, initial=step, desc="unet", unit="step")
@@ -347,7 +377,8 @@ def stage_unet(work: Path, recipe: Recipe, device: torch.device, init_from: Path
         noisy = scheduler.add_noise(x0, noise, t)
         with _autocast(device):
             enc = text_encoder(tokens).last_hidden_state
-            pred = unet(noisy, t, enc).sample.float()
+            mask = prefix_attention_mask(tokens, eos_id, recipe.prefix_share, gen)
+            pred = unet(noisy, t, enc, encoder_attention_mask=mask).sample.float()
         if recipe.prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x0, abar already on device
             abar = alphas_cumprod[t].view(-1, 1, 1, 1)
             target = abar.sqrt() * noise - (1 - abar).sqrt() * x0
