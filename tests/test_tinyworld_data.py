@@ -201,6 +201,37 @@ def test_fine_size_captions_name_the_nearest_of_nine_words():
     assert all(seen[w] > 0 for w in CAPTION_SIZES), seen  # every one of the nine words is used
 
 
+def test_continuous_colours_draw_between_the_palette_and_name_the_nearest_of_twelve_words():
+    """Stage 9's colours: a share of objects anywhere on the wheel between palette neighbours, drawn with that exact
+    RGB and called by the nearest of twelve words; share 0 draws exactly as before."""
+    import colorsys
+
+    from studio.tinyworld.vocab import BETWEEN_COLOURS, COLOUR_CYCLE, cycle_colour
+
+    assert cycle_colour(4.0) == (PALETTE["blue"], "blue") and cycle_colour(4.5)[1] == "indigo"
+    assert cycle_colour(4.8)[1] == "purple" and cycle_colour(5.9)[1] == "red" and cycle_colour(0.3)[1] == "vermilion"
+    hues = [colorsys.rgb_to_hsv(*[c / 255 for c in cycle_colour(4 + k / 10)[0]])[0] * 360 for k in range(11)]
+    assert hues == sorted(hues) and hues[0] < 230 and hues[-1] > 270  # blue to purple, monotonically
+    assert {tuple(pair) for pair in BETWEEN_COLOURS.values()} == {
+        (COLOUR_CYCLE[k], COLOUR_CYCLE[(k + 1) % 6]) for k in range(6)}
+    for seed in range(30):  # off: the very same scenes
+        assert generate_scene(seed).objects == generate_scene(seed, SceneSpec(continuous_colours=0.0)).objects
+    spec = SceneSpec(continuous_colours=0.5, single_share=1.0)
+    between, words = 0, Counter()
+    for seed in range(300):
+        s = generate_scene(seed, spec)
+        (o,) = s.objects
+        words[o.colour] += 1
+        if o.rgb is not None:
+            between += 1
+            inside = np.asarray(s.image)[s.masks[0]]
+            assert np.abs(np.median(inside, axis=0) - np.array(o.rgb)).max() <= 2  # drawn with its exact colour
+        cap = caption_for(s.background, s.objects, random.Random(seed))
+        assert set(cap.split()) <= set(all_words()) and re.search(r"\ba [aeiou]", cap) is None, cap
+    assert 0.35 < between / 300 < 0.65
+    assert all(words[w] > 0 for w in BETWEEN_COLOURS), words
+
+
 def test_full_caption_names_everything():
     s = generate_scene(5, SceneSpec(n_objects=1))
     o = s.objects[0]

@@ -116,12 +116,13 @@ def test_token_embeddings_follow_their_strings_into_a_grown_vocabulary(tmp_path)
     (new words shift the BPE ids), and starts a new size word between the two sizes it sits between."""
     from studio.tinyworld.train import TOKEN_EMBEDDING, _remap_token_embeddings
 
-    new_vocab = {"a</w>": 0, "tiny</w>": 1, "little</w>": 2, "small</w>": 3, "lit": 4, "circle</w>": 5}
-    old_vocab = {"circle</w>": 0, "small</w>": 1, "a</w>": 2, "tiny</w>": 3}  # other ids, no "little"
+    new_vocab = {"a</w>": 0, "tiny</w>": 1, "little</w>": 2, "small</w>": 3, "lit": 4, "circle</w>": 5,
+                 "blue</w>": 6, "indigo</w>": 7, "purple</w>": 8}
+    old_vocab = {"circle</w>": 0, "small</w>": 1, "a</w>": 2, "tiny</w>": 3, "purple</w>": 4, "blue</w>": 5}
     (tmp_path / "tokenizer").mkdir()
     (tmp_path / "tokenizer" / "vocab.json").write_text(json.dumps(old_vocab))
-    old_rows = torch.randn(4, 8)
-    fresh = torch.randn(6, 8)
+    old_rows = torch.randn(6, 8)
+    fresh = torch.randn(9, 8)
 
     class Tok:
         def get_vocab(self):
@@ -132,11 +133,12 @@ def test_token_embeddings_follow_their_strings_into_a_grown_vocabulary(tmp_path)
     for token in old_vocab:
         assert torch.equal(rows[new_vocab[token]], old_rows[old_vocab[token]]), token
     assert torch.allclose(rows[2], (old_rows[3] + old_rows[1]) / 2)  # little = mean(tiny, small)
+    assert torch.allclose(rows[7], (old_rows[5] + old_rows[4]) / 2)  # indigo = mean(blue, purple)
     assert torch.equal(rows[4], fresh[4])  # a BPE piece nobody trained keeps its fresh row
     assert torch.equal(state["other"], torch.ones(1))
     # same vocabulary: nothing touched
     (tmp_path / "tokenizer" / "vocab.json").write_text(json.dumps(new_vocab))
-    same = {TOKEN_EMBEDDING: torch.randn(6, 8)}
+    same = {TOKEN_EMBEDDING: torch.randn(9, 8)}
     assert _remap_token_embeddings(same, tmp_path, Tok(), fresh) is same
 
 

@@ -60,6 +60,7 @@ class Recipe:
     continuous_sizes: bool = True  # radii over each size word's whole range (scenes.SceneSpec)
     fine_sizes: bool = False  # captions name sizes with nine words, not five (captions.py, vocab.CAPTION_SIZES)
     single_share: float = 0.45  # share of one-object scenes (scenes.SceneSpec); stage 8 raised it against duplicates
+    continuous_colours: float = 0.0  # share of objects in colours between the palette's (scenes.SceneSpec; stage 9)
     prefix_share: float = 0.0  # share of UNet samples that see only a prefix of their caption (prefix_attention_mask)
 
     def __post_init__(self):
@@ -148,7 +149,8 @@ def stage_data(work: Path, recipe: Recipe, workers: int) -> None:
         data = ds.build_dataset(recipe.n_scenes, tokenizer_path, base_seed=recipe.seed * 1_000_003, workers=workers,
                                 progress=bar.update, partial_captions=recipe.partial_captions,
                                 continuous_sizes=recipe.continuous_sizes, fine_sizes=recipe.fine_sizes,
-                                single_share=recipe.single_share)
+                                single_share=recipe.single_share,
+                                continuous_colours=recipe.continuous_colours)
     ds.save_dataset(data, data_path)
     log.info("data: %d scenes in %.1fs", len(data), time.time() - t0)
 
@@ -289,9 +291,10 @@ TOKEN_EMBEDDING = "embeddings.token_embedding.weight"  # CLIPTextModel's state-d
 def _remap_token_embeddings(text_state: dict, init_from: Path, tokenizer, fresh: torch.Tensor) -> dict:
     """Carry a fine-tune's text encoder over to a grown vocabulary: each token keeps its trained row (looked up by
     its string, since new words shift the BPE ids); a new caption size word starts at the mean of the two sizes it
-    sits between; any other new token keeps its fresh random row. Returns the state unchanged when the vocabularies
+    sits between, a new between-colour word at the mean of its two palette colours; any other new token keeps its
+    fresh random row. Returns the state unchanged when the vocabularies
     match."""
-    from .vocab import CAPTION_SIZES
+    from .vocab import BETWEEN_COLOURS, CAPTION_SIZES
 
     old_vocab_path = Path(init_from) / "tokenizer" / "vocab.json"
     new_vocab = tokenizer.get_vocab()
@@ -306,11 +309,13 @@ def _remap_token_embeddings(text_state: dict, init_from: Path, tokenizer, fresh:
         if token in old_vocab:
             rows[i] = old[old_vocab[token]]
     words = list(CAPTION_SIZES)
-    for k, word in enumerate(words):
+    between = {word: [words[k - 1], words[k + 1]] for k, word in enumerate(words) if 0 < k < len(words) - 1}
+    between.update({word: list(pair) for word, pair in BETWEEN_COLOURS.items()})
+    for word, sides in between.items():
         token = word + "</w>"
         if token in old_vocab or token not in new_vocab:
             continue
-        neighbours = [w + "</w>" for w in words[max(0, k - 1):k + 2:2] if w + "</w>" in old_vocab]
+        neighbours = [w + "</w>" for w in sides if w + "</w>" in old_vocab]
         if neighbours:
             rows[new_vocab[token]] = torch.stack([old[old_vocab[t]] for t in neighbours]).mean(0)
     log.info("unet: token embeddings remapped to the new vocabulary (%d -> %d tokens)", len(old_vocab), len(new_vocab))

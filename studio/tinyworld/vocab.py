@@ -22,6 +22,30 @@ PALETTE = {
     "purple": (140, 60, 190),
 }
 
+# Colours between two palette neighbours on the colour wheel, for captions only (recipes with
+# ``continuous_colours``): an object drawn with a colour on the way from one palette colour to the next is called
+# by the nearest of these twelve words, so the model learns hue as a near-continuum and a hue slider has colours
+# between "blue" and "purple" to land on. The analyzer keeps naming the six palette colours.
+COLOUR_CYCLE = ("red", "orange", "yellow", "green", "blue", "purple")
+BETWEEN_COLOURS = {"vermilion": ("red", "orange"), "amber": ("orange", "yellow"), "lime": ("yellow", "green"),
+                   "teal": ("green", "blue"), "indigo": ("blue", "purple"), "magenta": ("purple", "red")}
+
+
+def cycle_colour(u: float) -> tuple[tuple[int, int, int], str]:
+    """The colour at ``u`` in [0, 6) along COLOUR_CYCLE (RGB blend of the two palette neighbours) and the caption
+    word for it: the palette colour in the outer quarters of a step, the BETWEEN_COLOURS word in its middle half."""
+    k, f = int(u) % 6, u - int(u)
+    a, b = COLOUR_CYCLE[k], COLOUR_CYCLE[(k + 1) % 6]
+    rgb = tuple(int(round((1 - f) * ca + f * cb)) for ca, cb in zip(PALETTE[a], PALETTE[b]))
+    if f < 0.25:
+        word = a
+    elif f > 0.75:
+        word = b
+    else:
+        word = next(w for w, pair in BETWEEN_COLOURS.items() if pair == (a, b))
+    return rgb, word
+
+
 TRAIN_SHAPES = ("circle", "square", "triangle")
 HELD_OUT_SHAPES = ("ring", "star")  # drawable, never in the training set (kept for personalization)
 ALL_SHAPES = TRAIN_SHAPES + HELD_OUT_SHAPES
@@ -73,6 +97,17 @@ def caption_size_word(radius: float) -> str:
     return min(CAPTION_SIZES, key=lambda w: abs(CAPTION_SIZES[w] - radius))
 
 
+def known_colour_words(tokenizer) -> list[str]:
+    """The colour words a model's tokenizer has as one token, in wheel order: the six palette colours, with the
+    BETWEEN_COLOURS words between them for weights trained with continuous colours (stage 9 on)."""
+    words = []
+    for k, colour in enumerate(COLOUR_CYCLE):
+        words.append(colour)
+        between = next(w for w, pair in BETWEEN_COLOURS.items() if pair[0] == colour)
+        words.append(between)
+    return [w for w in words if len(tokenizer(w, add_special_tokens=False).input_ids) == 1]
+
+
 def known_size_words(tokenizer) -> list[str]:
     """The caption size words a model's tokenizer has as one token, smallest first: the five SIZES for weights
     trained without fine sizes, all nine CAPTION_SIZES for those trained with them."""
@@ -82,7 +117,7 @@ def known_size_words(tokenizer) -> list[str]:
 def all_words() -> list[str]:
     """Every word that Tiny World captions (and held-out shape names) use; each is one token."""
     words = list(FUNCTION_WORDS) + list(BACKGROUNDS) + list(PALETTE) + list(ALL_SHAPES) + list(SIZES)
-    words += list(CAPTION_SIZES)
+    words += list(CAPTION_SIZES) + list(BETWEEN_COLOURS)
     words += list(COLUMNS) + list(ROWS)
     seen: list[str] = []
     for w in words:
