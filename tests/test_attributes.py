@@ -333,11 +333,17 @@ def test_example_images_follow_the_slider_value():
             measured.append(max(o.radius for o in squares))
     assert len(measured) >= 20
     assert np.corrcoef(wanted, measured)[0, 1] > 0.95
-    colour = ExampleSpec.from_json({"scene": "colour", "points": [[-2, [40, 80, 220]], [2, [140, 60, 190]]]})
-    example = TinyWorldExamples(colour, "circle", value_range=2.0).draw(random.Random(1))
+    colour = ExampleSpec.from_json({"scene": "colour",
+                                    "points": [[-2, [40, 120, 230]], [0, [40, 80, 220]], [2, [140, 60, 190]]]})
+    source = TinyWorldExamples(colour, "circle", value_range=2.0)
+    example = source.draw(random.Random(1))
     assert tuple(np.asarray(example.image).reshape(-1, 3).tolist()).count(list(colour.parameter(example.value))) \
         > 20
-    assert not any(c in example.caption for c in ("blue", "purple"))  # the slider, not the caption, sets it
+    # the caption says the colour at slider zero (as a hue slider's prompt does) or no colour; never the target's
+    subject_phrases = [next(p for p in source.draw(random.Random(k)).caption.split(" and ") if "circle" in p)
+                       for k in range(60)]
+    assert not any("purple" in p for p in subject_phrases)
+    assert 0.5 < sum("blue" in p for p in subject_phrases) / 60 < 0.9
     with pytest.raises(ValueError, match="Tiny World shapes"):
         TinyWorldExamples(spec, "person", value_range=1.5)
 

@@ -100,7 +100,10 @@ class TinyWorldExamples:
 
     Captions vary the way Tiny World's own captions do: the size word ``"medium"`` (what a slider at zero keeps)
     or none, the colour, sometimes the position, a second object of another shape, and the background clause.
-    With ``scene == "colour"`` the caption names no colour: the slider decides it."""
+    With ``scene == "colour"`` the caption names, in 70% of pictures, the colour at slider zero (the palette colour
+    nearest to the spec's value-0 colour), as the prompts a hue slider starts from do ("a blue circle", slid to
+    purple): the direction must learn to override the colour the prompt says, not only to fill in an unsaid one
+    (Tiny World reads an object's colour mostly from the words after it, which keep saying blue)."""
 
     def __init__(self, spec: ExampleSpec, subject: str, *, value_range: float):
         from studio.tinyworld.vocab import TRAIN_SHAPES
@@ -109,6 +112,12 @@ class TinyWorldExamples:
             raise ValueError(f"example scenes draw Tiny World shapes ({', '.join(TRAIN_SHAPES)}); "
                              f"got subject {subject!r}")
         self.spec, self.subject, self.value_range = spec, subject, float(value_range)
+        self.zero_colour = None
+        if spec.scene == "colour":
+            from studio.tinyworld.vocab import PALETTE
+
+            zero = spec.parameter(0.0)
+            self.zero_colour = min(PALETTE, key=lambda name: sum((a - b) ** 2 for a, b in zip(PALETTE[name], zero)))
 
     def draw(self, rng: random.Random) -> Example:
         from studio.tinyworld.captions import object_phrase
@@ -120,19 +129,19 @@ class TinyWorldExamples:
         param = self.spec.parameter(value)
         by_radius = self.spec.scene == "radius"
         radius = param if by_radius else rng.uniform(SIZES["small"], SIZES["large"])
-        colour = rng.choice(list(PALETTE))
+        colour = rng.choice(list(PALETTE)) if by_radius else self.zero_colour
         background = rng.choice(list(BACKGROUNDS))
 
         # 2. place the subject, maybe a second object of another shape; caption them as Tiny World does
         centre = _place(rng, radius, [])
         if centre is None:  # pragma: no cover - radii are limited so one object always fits
             raise RuntimeError(f"could not place radius {radius:.1f}")
-        # the subject's size word is "medium" (a slider at zero keeps the prompt's) or none; its colour is named
-        # unless the slider sets it
+        # the subject's size word is "medium" (a slider at zero keeps the prompt's) or none; its colour is its own
+        # for size sliders, and the colour at slider zero (or none) for colour sliders
         subject = SceneObject(self.subject, colour, "medium" if by_radius else size_word(radius), radius, *centre)
         objects = [subject]
         phrases = [object_phrase(subject, size=(rng.random() < 0.7) if by_radius else rng.random() < 0.5,
-                                 colour=by_radius, position=rng.random() < 0.3)]
+                                 colour=by_radius or rng.random() < 0.7, position=rng.random() < 0.3)]
         if rng.random() < 0.35:
             other_radius = rng.uniform(SIZES["tiny"], SIZES["large"])
             other_centre = _place(rng, other_radius, objects)
