@@ -106,7 +106,7 @@ def main() -> int:
         table.append([f"{a} -> {b}"] + [shares[n] for n in counts])
         headers = ["swap"] + list(counts)
     print_table(headers, table)
-    path = write_results("token-routing", {"machine": machine(), "model": args.model,
+    path = write_results("token-routing", {"machine": machine(model.device), "model": args.model,
                                            "weights_hash": model.weights_hash, "seeds_per_form": args.seeds,
                                            "forms": FORMS, "cfg": args.cfg, "steps": args.steps, "rows": rows,
                                            "seconds": round(time.time() - t0, 1)}, args.out)
