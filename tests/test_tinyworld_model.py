@@ -234,8 +234,37 @@ def test_stage7_candidate_loads_like_any_folder_and_knows_nine_size_words():
     assert radii[0] + 4 < radii[1]  # 6.5 px against 13 px asked for
 
 
+STAGE9 = MODEL.parent / "tinyworld-stage9"
+
+
+@pytest.mark.skipif(not STAGE9.exists(), reason="assets/tinyworld-stage9 not present")
+def test_stage9_candidate_knows_twelve_colour_words_and_draws_indigo_between_blue_and_purple():
+    """The stage-9 candidate was trained with colours between the palette's: every colour word is one token, and
+    "indigo" draws a hue between the blue and the purple it draws at the same seeds."""
+    import statistics
+
+    from studio.engine import Engine, GenerationRequest
+    from studio.models import load_model
+    from studio.tinyworld.vocab import known_colour_words
+
+    model = load_model(str(STAGE9), device="cpu")
+    assert model.weights_hash == "1b02e5143daa"
+    assert len(known_colour_words(model.tokenizer)) == 12
+    engine = Engine(model)
+    hues = {}
+    for word in ("blue", "indigo", "purple"):
+        seen = []
+        for seed in range(6):
+            background = ("black", "white", "gray")[seed % 3]
+            image = engine.generate(GenerationRequest(prompt=f"a medium {word} circle on a {background} background",
+                                                      seed=seed, cfg=3.0, steps=20)).images[0]
+            seen.append(max(analyze(image).objects, key=lambda o: o.area).hue)
+        hues[word] = statistics.median(seen)
+    assert hues["blue"] + 15 < hues["indigo"] < hues["purple"] - 5, hues
+
+
 def test_prefix_mask_hides_the_end_of_a_share_of_captions():
-    """Prefix training (stage 9): a chosen caption keeps BOS and at least its first word, always loses its end token
+    """Prefix training (an option, tried in a pilot): a chosen caption keeps BOS and at least its first word, always loses its end token
     and padding; the others and the word-less (unconditional) captions stay whole; share 0 draws nothing."""
     from studio.tinyworld.model import build_unet
     from studio.tinyworld.train import prefix_attention_mask
