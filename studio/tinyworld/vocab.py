@@ -101,7 +101,7 @@ def known_colour_words(tokenizer) -> list[str]:
     """The colour words a model's tokenizer has as one token, in wheel order: the six palette colours, with the
     BETWEEN_COLOURS words between them for weights trained with continuous colours (stage 9 on)."""
     words = []
-    for k, colour in enumerate(COLOUR_CYCLE):
+    for colour in COLOUR_CYCLE:
         words.append(colour)
         between = next(w for w, pair in BETWEEN_COLOURS.items() if pair[0] == colour)
         words.append(between)
