@@ -12,9 +12,13 @@ Sweeps (every one a batched run of all values on one seed's noise, through Attri
           "square kept" is the share of frames that still show one; "sq px kept>=95%" the
           share of frames in which >= 95% of the zero frame's square pixels that the circle does not now cover are
           unchanged (a partly covered square may no longer match the square template);
-          only seeds whose slider-at-zero image shows both a circle and a square are swept (the first n found)
+          only seeds whose slider-at-zero image shows both a circle and a square are swept (the first n found);
+          with --pair-zero bound only those showing the circle and the square each in its prompt colour, and every
+          frame's circle and square are then the objects of those colours (a blue circle drawn for "a red circle and
+          a blue square" is not the prompt's circle; until 2026-12-02 every sweep used the shapes-only reading)
   hue     "a medium orange circle ...": hue red-yellow slider; Spearman rho(value, measured hue)
-  hue2    "a medium blue circle ...": hue blue-purple slider; Spearman rho(value, measured hue)
+  hue2    "a medium blue circle ...": hue blue-purple slider; Spearman rho(value, measured hue) (--hue2-colour
+          indigo: "a medium indigo circle ...", from the colour between, as hue starts from orange)
 Speed (same process, same settings): p50 of a slider re-render (prompt encoding cached, new value each time) vs
 a plain generation; a local slider render (with its reference row) vs the same; an 8-value batched sweep vs 8
 sequential renders.
@@ -126,12 +130,14 @@ def pair_change_per_frame(records: list[dict], zero: int) -> float | None:
     return statistics.median(changes) if changes else None
 
 
-def square_pixels_kept(frames, analyses, zero: int) -> list[float] | None:
+def square_pixels_kept(frames, analyses, zero: int, circle_colour: str | None = None,
+                       square_colour: str | None = None) -> list[float] | None:
     """Per frame, the share of the zero frame's square pixels that are unchanged (RGB within 40) among those the
     circle does not now cover (nearer the circle's colour than the square's): the other object kept where it is
     still visible, read from pixels (a square the circle partly covers may no longer match the analyzer's square
     template). ``None`` when the zero frame lacks either object."""
-    c0, s0 = main_object(analyses[zero], "circle"), main_object(analyses[zero], "square")
+    c0 = main_object(analyses[zero], "circle", circle_colour)
+    s0 = main_object(analyses[zero], "square", square_colour)
     if c0 is None or s0 is None:
         return None
     ref = np.asarray(frames[zero].convert("RGB"), np.float32)[s0.mask]
@@ -195,7 +201,7 @@ def size_word_check(model, saved: dict, cfg: float, steps: int, tolerance: float
 
 def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2=True,
                parts=("size", "pair", "hue"), delay=0.0, size_word="medium", learn_scale_max=None,
-               learn_noisy_share=0.0):
+               pair_zero="shapes", learn_noisy_share=0.0, hue2_colour="blue"):
     rows = {}
     base = dict(cfg=cfg, steps=steps)
     method, _, option = method.partition("+")  # "naive+local": the naive slider with local blending
@@ -260,7 +266,9 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
             scanned += 1
             plain = controller.render(AttributeRequest(GenerationRequest(prompt=prompt, seed=seed, **base)))
             an = analyze(plain.images[0], split_touching=True)
-            if main_object(an, "circle") is None or main_object(an, "square") is None:
+            # "bound": the prompt's circle and square are the objects in the prompt's colours
+            circle_colour, square_colour = (a, b) if pair_zero == "bound" else (None, None)
+            if main_object(an, "circle", circle_colour) is None or main_object(an, "square", square_colour) is None:
                 continue
             out = controller.sweep(SweepRequest(GenerationRequest(prompt=prompt, seed=seed, **base),
                                                 SliderSetting("size", "circle", 0.0, method), tuple(values),
@@ -268,10 +276,10 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
             circles, squares = [], []
             analyses = [analyze(frame, split_touching=True) for frame in out.frames]
             for an in analyses:
-                c, s = main_object(an, "circle"), main_object(an, "square")
+                c, s = main_object(an, "circle", circle_colour), main_object(an, "square", square_colour)
                 circles.append(c.radius if c else None)
                 squares.append(s.radius if s else None)
-            visible = square_pixels_kept(out.frames, analyses, zero)
+            visible = square_pixels_kept(out.frames, analyses, zero, circle_colour, square_colour)
             pair_records.append({"prompt": prompt, "seed": seed, "circle": circles, "square": squares,
                                  "square_pixels_kept": visible})
             r_sq, r_ci = squares[zero] or squares[len(values) // 2], circles[zero] or circles[len(values) // 2]
@@ -297,7 +305,7 @@ def run_sweeps(controller, method, values, n, cfg, steps, learn_steps, log, hue2
             f"({len(other_change)} sweeps, {scanned} seeds scanned)")
 
     if "hue" in parts:
-        hues = [("hue", "hue red-yellow", "orange")] + ([("hue2", "hue blue-purple", "blue")] if hue2 else [])
+        hues = [("hue", "hue red-yellow", "orange")] + ([("hue2", "hue blue-purple", hue2_colour)] if hue2 else [])
         for key, attribute, colour in hues:
             if method == "learned-images" and controller.definition(attribute).examples is None:
                 log(f"  {attribute}: no example images in its preset, so no learned-images direction")
@@ -401,7 +409,8 @@ def main() -> int:
     p.add_argument("--model", default="tinyworld")
     p.add_argument("--seeds", type=int, default=16, help="sweeps per measurement")
     p.add_argument("--values", type=int, default=9, help="slider values per sweep, evenly in [-range, range]")
-    p.add_argument("--range", type=float, default=None, help="default: each attribute's own range")
+    p.add_argument("--range", type=float, default=None,
+                   help="default: the size preset's range (1.5), for every part, hue too")
     p.add_argument("--methods", default="naive,learned,weight")
     p.add_argument("--learn-steps", type=int, default=600)
     p.add_argument("--learn-noisy-share", type=float, default=0.0,
@@ -417,6 +426,12 @@ def main() -> int:
     p.add_argument("--size-word", default="medium",
                    help="size word of the single-object size prompts ('' names no size: the seed sets it at zero)")
     p.add_argument("--delay", type=float, default=0.0, help="fraction of the steps run without the slider")
+    p.add_argument("--hue2-colour", default="blue",
+                   help="hue2: the colour word of the blue-purple sweeps' prompt (e.g. indigo, the colour between, on "
+                        "weights that know it, as the red-yellow sweeps start from orange)")
+    p.add_argument("--pair-zero", choices=("shapes", "bound"), default="shapes",
+                   help="pair: which zero frames count (shapes: a circle and a square; bound: each in its prompt "
+                        "colour, and frames measured by those colours)")
     p.add_argument("--directions", default=str(ROOT / "runs" / "bench_directions"),
                    help="direction cache (learned deltas are trained once and reused)")
     p.add_argument("--out", default=None)
@@ -466,7 +481,8 @@ def main() -> int:
         log(f"method {method}")
         results[method] = run_sweeps(controller, method, values, args.seeds, args.cfg, args.steps, args.learn_steps,
                                      log, hue2=not args.skip_hue2, parts=args.parts.split(","),
-                                     delay=args.delay, size_word=args.size_word,
+                                     delay=args.delay, size_word=args.size_word, pair_zero=args.pair_zero,
+                                     hue2_colour=args.hue2_colour,
                                      learn_scale_max=args.learn_scale_max, learn_noisy_share=args.learn_noisy_share)
     headers = ["method", "size rho", "kept", "smooth", "pair other", "pair other/frame", "pair subject", "square kept",
                "sq px kept>=95%", "hue rho", "hue2 rho"]
@@ -479,7 +495,8 @@ def main() -> int:
     payload = {"machine": machine(torch.device("cpu")), "model": args.model, "weights_hash": model.weights_hash,
                "values": values, "seeds": args.seeds, "cfg": args.cfg, "steps": args.steps,
                "learn_steps": args.learn_steps, "learn_scale_max": args.learn_scale_max,
-               "learn_noisy_share": args.learn_noisy_share, "delay": args.delay,
+               "learn_noisy_share": args.learn_noisy_share, "delay": args.delay, "pair_zero": args.pair_zero,
+               "hue2_colour": args.hue2_colour,
                "size_word": args.size_word, "parts": args.parts, "methods": results,
                "quality_seconds": round(time.time() - t_start)}
     if not args.skip_speed:
