@@ -210,7 +210,7 @@ CANDIDATE = MODEL.parent / "tinyworld-stage7"
 
 @pytest.mark.skipif(not CANDIDATE.exists(), reason="assets/tinyworld-stage7 not present")
 def test_stage7_candidate_loads_like_any_folder_and_knows_nine_size_words():
-    """The candidate beside the shipped weights is a plain diffusers folder that the studio's loader takes, with
+    """The stage-7 folder beside the default weights is a plain diffusers folder that the studio's loader takes, with
     every caption size word one token, and it draws the size it is asked for."""
     from studio.models import load_model
     from studio.tinyworld.vocab import CAPTION_SIZES
@@ -234,12 +234,20 @@ def test_stage7_candidate_loads_like_any_folder_and_knows_nine_size_words():
     assert radii[0] + 4 < radii[1]  # 6.5 px against 13 px asked for
 
 
-STAGE9 = MODEL.parent / "tinyworld-stage9"
+STAGE6 = MODEL.parent / "tinyworld-stage6"
 
 
-@pytest.mark.skipif(not STAGE9.exists(), reason="assets/tinyworld-stage9 not present")
-def test_stage9_candidate_knows_twelve_colour_words_and_draws_indigo_between_blue_and_purple():
-    """The stage-9 candidate was trained with colours between the palette's: every colour word is one token, and
+@pytest.mark.skipif(not STAGE6.exists(), reason="assets/tinyworld-stage6 not present")
+def test_previous_default_stage6_still_loads_with_its_hash():
+    from studio.models import load_model
+
+    model = load_model(str(STAGE6), device="cpu")
+    assert model.weights_hash == "4b19354b4140" and model.prediction_type == "v_prediction"
+
+
+@needs_model
+def test_default_stage9_knows_twelve_colour_words_and_draws_indigo_between_blue_and_purple():
+    """The default weights (stage 9) were trained with colours between the palette's: every colour word is one token, and
     "indigo" draws a hue between the blue and the purple it draws at the same seeds."""
     import statistics
 
@@ -247,7 +255,7 @@ def test_stage9_candidate_knows_twelve_colour_words_and_draws_indigo_between_blu
     from studio.models import load_model
     from studio.tinyworld.vocab import known_colour_words
 
-    model = load_model(str(STAGE9), device="cpu")
+    model = load_model(str(MODEL), device="cpu")
     assert model.weights_hash == "1b02e5143daa"
     assert len(known_colour_words(model.tokenizer)) == 12
     engine = Engine(model)
