@@ -232,6 +232,40 @@ def test_continuous_colours_draw_between_the_palette_and_name_the_nearest_of_twe
     assert all(words[w] > 0 for w in BETWEEN_COLOURS), words
 
 
+def test_hollow_squares_and_triangles_have_a_hole_and_say_so_and_no_circle_is_hollow():
+    """The stage-10 candidate's holes: a share of squares and triangles drawn with a background-coloured hole of half
+    their size (as the held-out ring has), outside their mask, and captioned "hollow <shape>"; circles never (a hollow
+    circle is the ring); share 0 draws exactly as before."""
+    from studio.tinyworld.scenes import draw_shape
+    from studio.tinyworld.vocab import BACKGROUNDS as BG
+
+    for seed in range(30):
+        assert generate_scene(seed).objects == generate_scene(seed, SceneSpec(hollow_share=0.0)).objects
+    spec = SceneSpec(hollow_share=0.5, single_share=1.0)
+    hollow = Counter()
+    for seed in range(200):
+        s = generate_scene(seed, spec)
+        (o,) = s.objects
+        hollow[o.shape, o.hollow] += 1
+        if o.hollow:
+            centre = np.asarray(s.image)[round(o.cy + (o.radius / 3 if o.shape == "triangle" else 0)), round(o.cx)]
+            assert np.abs(centre.astype(int) - np.array(BG[s.background])).max() <= 2  # the hole shows the background
+            assert not s.masks[0][round(o.cy), round(o.cx)] or o.shape == "triangle"
+            if o.radius >= 8:  # the hole leaves the mask (tiny holes are below the mask's half-pixel threshold)
+                assert s.masks[0].sum() < 0.9 * (2 * o.radius) ** 2 * (0.5 if o.shape == "triangle" else 1)
+        caps = [caption_for(s.background, s.objects, random.Random(seed * 7 + k)) for k in range(4)]
+        for cap in caps:
+            if o.shape in cap.split():
+                assert ("hollow " + o.shape in cap) == o.hollow, cap
+            assert set(cap.split()) <= set(all_words()) and re.search(r"\ba [aeiou]", cap) is None, cap
+    assert hollow["circle", True] == 0 and hollow["square", True] > 10 and hollow["triangle", True] > 10, hollow
+    assert hollow["square", False] > 10 and hollow["circle", False] > 10
+    from PIL import Image, ImageDraw
+
+    with pytest.raises(ValueError, match="hollow circle is the ring"):
+        draw_shape(ImageDraw.Draw(Image.new("RGB", (8, 8))), "circle", 4, 4, 2, (1, 2, 3), (0, 0, 0), hollow=True)
+
+
 def test_full_caption_names_everything():
     s = generate_scene(5, SceneSpec(n_objects=1))
     o = s.objects[0]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from .vocab import caption_size_word, position_phrase
+from .vocab import HOLLOW_WORD, caption_size_word, position_phrase
 
 STYLE_WEIGHTS = {"empty": 0.10, "full": 0.25, "mixed": 0.50, "sparse": 0.15}
 KEEP_PROBABILITY = 0.75
@@ -43,6 +43,8 @@ def object_phrase(obj, *, size: bool, colour: bool, position: bool, fine_sizes: 
         words.append(caption_size_word(obj.radius) if fine_sizes else obj.size)
     if colour:
         words.append(obj.colour)
+    if getattr(obj, "hollow", False):  # part of the shape: always said
+        words.append(HOLLOW_WORD)
     words.append(obj.shape)
     phrase = f"{article(words[0])} {' '.join(words)}"
     if position:

@@ -31,11 +31,11 @@ class TinyWorldData:
 
 
 def _scene_chunk(args) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
-    start, count, base_seed, tokenizer_path, partial, continuous_sizes, fine_sizes, single_share, colours = args
+    start, count, base_seed, tokenizer_path, partial, continuous_sizes, fine_sizes, single_share, colours, hollow = args
     images = np.empty((count, 64, 64, 3), np.uint8)
     captions = []
     spec = SceneSpec(shapes=TRAIN_SHAPES, continuous_sizes=continuous_sizes, single_share=single_share,
-                     continuous_colours=colours)
+                     continuous_colours=colours, hollow_share=hollow)
     for i in range(count):
         seed = base_seed + start + i
         scene = generate_scene(seed, spec)
@@ -54,15 +54,15 @@ def _scene_chunk(args) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
 def build_dataset(n_scenes: int, tokenizer_path: Path, *, base_seed: int = 0, workers: int = 2, progress=None,
                   partial_captions: float = 0.0, continuous_sizes: bool = False,
                   fine_sizes: bool = False, single_share: float = 0.45,
-                  continuous_colours: float = 0.0) -> TinyWorldData:
+                  continuous_colours: float = 0.0, hollow_share: float = 0.0) -> TinyWorldData:
     """Draw n_scenes scenes (seeds base_seed..) and tokenize their caption variants, in worker processes
     (``partial_captions``, ``fine_sizes``: see :mod:`.captions`; ``continuous_sizes``, ``single_share``,
-    ``continuous_colours``: see
+    ``continuous_colours``, ``hollow_share``: see
     :class:`.scenes.SceneSpec`)."""
     chunk = 2000
     jobs = [(s, min(chunk, n_scenes - s), base_seed, str(tokenizer_path), float(partial_captions),
              bool(continuous_sizes), bool(fine_sizes), float(single_share),
-             float(continuous_colours)) for s in range(0, n_scenes, chunk)]
+             float(continuous_colours), float(hollow_share)) for s in range(0, n_scenes, chunk)]
     images, captions, token_ids = [], [], []
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
     try:

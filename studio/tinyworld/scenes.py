@@ -25,6 +25,7 @@ from .vocab import (
     SUPERSAMPLE,
     TRAIN_SHAPES,
     ALL_SHAPES,
+    HOLLOW_SHAPES,
     position_cell,
     COLOUR_CYCLE,
     cycle_colour,
@@ -43,6 +44,7 @@ class SceneObject:
     cx: float
     cy: float
     rgb: tuple[int, int, int] | None = None  # exact fill for a colour between the palette's (None: PALETTE[colour])
+    hollow: bool = False  # a square or triangle with a hole of half its radius (captions say "hollow")
 
     @property
     def column(self) -> str:
@@ -80,8 +82,10 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[flo
     return None
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill, hole_fill=None) -> None:
-    """Draw one shape in canvas coordinates scaled by SUPERSAMPLE onto a supersampled canvas."""
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill, hole_fill=None,
+               hollow: bool = False) -> None:
+    """Draw one shape in canvas coordinates scaled by SUPERSAMPLE onto a supersampled canvas. ``hollow`` (squares and
+    triangles) cuts a hole of half the size, in ``hole_fill``, as the ring has (about the triangle's centroid)."""
     s = SUPERSAMPLE
     x, y, rr = cx * s, cy * s, r * s
     if shape in ("circle", "ring"):
@@ -91,11 +95,19 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
             draw.ellipse([x - h, y - h, x + h, y + h], fill=hole_fill)
     elif shape == "square":
         draw.rectangle([x - rr, y - rr, x + rr, y + rr], fill=fill)
+        if hollow:
+            h = rr / 2
+            draw.rectangle([x - h, y - h, x + h, y + h], fill=hole_fill)
     elif shape in ("triangle", "star"):
         poly = _shape_polygon(shape, x, y, rr)
         draw.polygon(poly, fill=fill)
+        if hollow and shape == "triangle":
+            gx, gy = x, y + rr / 3  # centroid
+            draw.polygon([(gx + (px - gx) / 2, gy + (py - gy) / 2) for px, py in poly], fill=hole_fill)
     else:
         raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(ALL_SHAPES)}")
+    if hollow and shape not in HOLLOW_SHAPES:
+        raise ValueError(f"only {', '.join(HOLLOW_SHAPES)} can be hollow, not {shape!r} (a hollow circle is the ring)")
 
 
 def render(background: str, objects: list[SceneObject],
@@ -109,9 +121,9 @@ def render(background: str, objects: list[SceneObject],
     masks = []
     for obj in objects:
         fill = (colours or {}).get(len(masks), obj.rgb or PALETTE[obj.colour])
-        draw_shape(draw, obj.shape, obj.cx, obj.cy, obj.radius, fill, BACKGROUNDS[background])
+        draw_shape(draw, obj.shape, obj.cx, obj.cy, obj.radius, fill, BACKGROUNDS[background], obj.hollow)
         m = Image.new("L", (big, big), 0)
-        draw_shape(ImageDraw.Draw(m), obj.shape, obj.cx, obj.cy, obj.radius, 255, 0)
+        draw_shape(ImageDraw.Draw(m), obj.shape, obj.cx, obj.cy, obj.radius, 255, 0, obj.hollow)
         small = np.asarray(m.resize((CANVAS, CANVAS), Image.BOX))
         masks.append(small >= 128)
     image = canvas.resize((CANVAS, CANVAS), Image.BOX)
@@ -136,6 +148,8 @@ class SceneSpec:
     # named by the nearest of twelve colour words; the rest keep the six exact palette colours. 0 draws exactly as
     # every stage before 9 did.
     continuous_colours: float = 0.0
+    # share of squares and triangles drawn hollow (a hole of half the radius); 0 draws as every stage before 10
+    hollow_share: float = 0.0
 
     def count_weights(self) -> list[float]:
         if self.single_share == 0.45:  # exactly the weights every earlier stage's scenes were drawn with
@@ -196,7 +210,9 @@ def sample_objects(rng: random.Random, spec: SceneSpec = SceneSpec()) -> list[Sc
                     shape = rng.choice(spec.shapes)
                     if spec.continuous_colours > 0 and rng.random() < spec.continuous_colours:
                         rgb, colour = cycle_colour(rng.uniform(0.0, len(COLOUR_CYCLE)))
-                    objects.append(SceneObject(shape, colour, attempt_size, r, centre[0], centre[1], rgb))
+                    hollow = (spec.hollow_share > 0 and shape in HOLLOW_SHAPES
+                              and rng.random() < spec.hollow_share)
+                    objects.append(SceneObject(shape, colour, attempt_size, r, centre[0], centre[1], rgb, hollow))
                     break
         if len(objects) == n:
             return objects

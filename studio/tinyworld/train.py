@@ -61,6 +61,7 @@ class Recipe:
     fine_sizes: bool = False  # captions name sizes with nine words, not five (captions.py, vocab.CAPTION_SIZES)
     single_share: float = 0.45  # share of one-object scenes (scenes.SceneSpec); stage 8 raised it against duplicates
     continuous_colours: float = 0.0  # share of objects in colours between the palette's (scenes.SceneSpec; stage 9)
+    hollow_share: float = 0.0  # share of squares and triangles drawn hollow (scenes.SceneSpec; stage-10 candidate)
     prefix_share: float = 0.0  # share of UNet samples that see only a prefix of their caption (prefix_attention_mask)
 
     def __post_init__(self):
@@ -152,7 +153,8 @@ def stage_data(work: Path, recipe: Recipe, workers: int) -> None:
                                 progress=bar.update, partial_captions=recipe.partial_captions,
                                 continuous_sizes=recipe.continuous_sizes, fine_sizes=recipe.fine_sizes,
                                 single_share=recipe.single_share,
-                                continuous_colours=recipe.continuous_colours)
+                                continuous_colours=recipe.continuous_colours,
+                                hollow_share=recipe.hollow_share)
     ds.save_dataset(data, data_path)
     log.info("data: %d scenes in %.1fs", len(data), time.time() - t0)
 

@@ -48,6 +48,10 @@ def cycle_colour(u: float) -> tuple[tuple[int, int, int], str]:
 
 TRAIN_SHAPES = ("circle", "square", "triangle")
 HELD_OUT_SHAPES = ("ring", "star")  # drawable, never in the training set (kept for personalization)
+# "hollow" squares and triangles (a hole of half the radius, as a ring has; stage 10 candidate): the model sees holes
+# on other shapes, never a hollow circle, which is the held-out ring
+HOLLOW_WORD = "hollow"
+HOLLOW_SHAPES = ("square", "triangle")
 ALL_SHAPES = TRAIN_SHAPES + HELD_OUT_SHAPES
 
 SIZES = {"tiny": 5.0, "small": 8.0, "medium": 11.0, "large": 15.0, "huge": 19.0}
@@ -117,7 +121,7 @@ def known_size_words(tokenizer) -> list[str]:
 def all_words() -> list[str]:
     """Every word that Tiny World captions (and held-out shape names) use; each is one token."""
     words = list(FUNCTION_WORDS) + list(BACKGROUNDS) + list(PALETTE) + list(ALL_SHAPES) + list(SIZES)
-    words += list(CAPTION_SIZES) + list(BETWEEN_COLOURS)
+    words += list(CAPTION_SIZES) + list(BETWEEN_COLOURS) + [HOLLOW_WORD]
     words += list(COLUMNS) + list(ROWS)
     seen: list[str] = []
     for w in words:
