@@ -303,6 +303,16 @@ def test_analyzer_recognises_held_out_shapes():
     assert rates["shape"] >= 0.95 and rates["colour"] >= 0.99, rates
 
 
+def test_analyzer_tells_hollow_squares_and_triangles_from_rings_and_filled_shapes():
+    """A hollow square is never read as a ring (the held-out shape the personalization bench counts), nor as the
+    filled square a prompt asked for."""
+    for r in (5.0, 8.0, 11.0, 15.0, 19.0):
+        for shape, hollow, read in (("square", True, "hollow square"), ("triangle", True, "hollow triangle"),
+                                    ("ring", False, "ring"), ("square", False, "square"), ("circle", False, "circle")):
+            s = scene_from_objects("gray", [SceneObject(shape, "green", "medium", r, 32.0, 32.0, None, hollow)])
+            assert [o.shape for o in analyze(s.image).objects] == [read], (shape, hollow, r)
+
+
 def test_analyzer_reports_hue_position_and_mask():
     s = scene_from_objects("white", [SceneObject("square", "orange", "large", 15.0, 16.5, 47.0)])
     a = analyze(s.image)

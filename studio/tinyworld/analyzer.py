@@ -11,8 +11,10 @@ How it works, in stages:
      generated images where objects can touch;
   3. colour = nearest palette colour to the region's core pixels; the region is then re-thresholded at half
      contrast (coverage >= 0.5), which reproduces the generator's own mask definition;
-  4. shape = the template (circle, square, triangle, ring, star, drawn with the generator's own code at the
-     region's fitted position and size) with the highest soft IoU; below MIN_TEMPLATE_IOU it is "unknown".
+  4. shape = the template (circle, square, triangle, ring, star, and the hollow square and triangle of the stage-10
+     candidate's data, drawn with the generator's own code at the region's fitted position and size) with the
+     highest soft IoU; below MIN_TEMPLATE_IOU it is "unknown". A hollow square or triangle is reported as the shape
+     "hollow square" / "hollow triangle": never a ring, and never the filled shape a prompt asked for.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from .scenes import draw_shape
-from .vocab import ALL_SHAPES, BACKGROUNDS, CANVAS, PALETTE, STAR_INNER_RATIO, SUPERSAMPLE, position_cell, position_phrase
+from .vocab import (ALL_SHAPES, BACKGROUNDS, CANVAS, HOLLOW_SHAPES, HOLLOW_WORD, PALETTE, STAR_INNER_RATIO, SUPERSAMPLE,
+                    position_cell, position_phrase)
 
 CANDIDATE_CONTRAST = 30.0  # RGB distance from the background that marks a pixel as "maybe object"
 MIN_AREA = 8  # px; smaller regions are noise
@@ -84,11 +87,16 @@ def _nearest(rgb: np.ndarray, table: dict) -> str:
     return min(table, key=lambda k: float(np.sum((np.asarray(table[k], np.float32) - rgb) ** 2)))
 
 
+HOLLOW_TEMPLATES = tuple(f"{HOLLOW_WORD} {s}" for s in HOLLOW_SHAPES)
+TEMPLATE_SHAPES = ALL_SHAPES + HOLLOW_TEMPLATES
+
+
 def _template(shape: str, cx: float, cy: float, r: float, bg_is_hole: bool = True) -> np.ndarray:
     """Coverage map (0..1) of an ideal shape, drawn by the generator's own code."""
     big = CANVAS * SUPERSAMPLE
     m = Image.new("L", (big, big), 0)
-    draw_shape(ImageDraw.Draw(m), shape, cx, cy, r, 255, 0)
+    hollow = shape in HOLLOW_TEMPLATES
+    draw_shape(ImageDraw.Draw(m), shape.split()[-1] if hollow else shape, cx, cy, r, 255, 0, hollow)
     return np.asarray(m.resize((CANVAS, CANVAS), Image.BOX)).astype(np.float32) / 255.0
 
 
@@ -119,7 +127,7 @@ TEMPLATE_SCALES = (1.0, 0.95, 0.9)
 
 def _classify(coverage: np.ndarray, x0, x1, y0, y1) -> tuple[str, float, tuple[float, float, float]]:
     best = ("unknown", 0.0, _fit_geometry("circle", x0, x1, y0, y1))
-    for shape in ALL_SHAPES:
+    for shape in TEMPLATE_SHAPES:
         cx, cy, r = _fit_geometry(shape, x0, x1, y0, y1)
         # the star's fit is anchored at its top point, so a smaller star would not be centred the same way
         for scale in TEMPLATE_SCALES if shape != "star" else (1.0,):
