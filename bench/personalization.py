@@ -96,6 +96,9 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=64)
     p.add_argument("--ti-steps", type=int, default=300)
     p.add_argument("--ti-lr", type=float, default=1e-3)
+    p.add_argument("--init-word", default=None,
+                   help="initializer text for every shape's token (default: circle for the ring, triangle for the star);"
+                        " with --vectors N each vector starts at the next of its tokens")
     p.add_argument("--vectors", type=int, default=1,
                    help="textual inversion: vectors per token (A1111's option; the token becomes that many)")
     p.add_argument("--lora-steps", type=int, default=300)
@@ -114,6 +117,7 @@ def main() -> int:
     controller = PersonalizationController(model)
     results = {"model": args.model, "weights_hash": model.weights_hash, "threads": torch.get_num_threads(),
                "augment": args.augment, "colour_keep": args.colour_keep, "vectors": args.vectors,
+               "init_word": args.init_word or dict(INIT),
                "runs": []}
     rows = []
     for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
@@ -122,7 +126,7 @@ def main() -> int:
             t0 = time.perf_counter()
             drift = None
             if method in ("lora", "lora-resnets"):
-                result = train_lora(model, images, LoraSpec(token, INIT[shape], rank=args.rank, steps=args.lora_steps,
+                result = train_lora(model, images, LoraSpec(token, args.init_word or INIT[shape], rank=args.rank, steps=args.lora_steps,
                                                             resnets=method == "lora-resnets", augment=args.augment,
                                                             colour_keep=args.colour_keep))
                 engine = Engine(apply_loras(model, [(result.lora, 1.0)]))
@@ -134,7 +138,7 @@ def main() -> int:
                 circles = render("a red circle", 20_000, 8) + render("a red circle", 20_008, 8)
                 drift = judge(circles, "circle", {})[0] / len(circles)
             else:
-                spec = TrainingSpec(token, INIT[shape], method=method, steps=args.ti_steps,
+                spec = TrainingSpec(token, args.init_word or INIT[shape], method=method, steps=args.ti_steps,
                                     learning_rate=args.ti_lr, preview_every=0, augment=args.augment,
                                     colour_keep=args.colour_keep,
                                     vectors=args.vectors if method == "textual-inversion" else 1)

@@ -48,7 +48,8 @@ def add_personalize_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--lr", type=float, help="learning rate (default: 1e-3)")
     p.add_argument("--vectors", type=int, default=1,
-                   help="textual-inversion: vectors per token (the token stands for that many; default 1)")
+                   help="textual-inversion: vectors per token (the token stands for that many; default 1); each starts at "
+                        "the next token of --init-word, in turn (\"hollow circle\" with 2: one word each)")
     p.add_argument("--rank", type=int, default=8, help="lora: rank (default 8)")
     p.add_argument("--resnets", action="store_true",
                    help="lora: also adapt the ResNet blocks' 3x3 convolutions (for shapes the model never drew)")

@@ -174,6 +174,20 @@ def test_multi_vector_textual_inversion_learns_every_vector(tiny_model):
         controller.train(TrainConceptRequest(tuple(images()), replace(spec, vectors=0)))
 
 
+def test_several_vectors_start_at_the_initializer_texts_tokens_in_turn(tiny_model):
+    """A1111's convention: with N vectors each starts at the next token of the initializer text (cycling); one
+    vector starts at their mean."""
+    from studio.personalization.training import initial_vectors
+
+    table = tiny_model.text_encoder.get_input_embeddings()
+    ids = tiny_model.tokenizer("red square", add_special_tokens=False).input_ids
+    words = table(torch.tensor(ids)).float().detach()
+    three = initial_vectors(tiny_model, TrainingSpec("<ring>", "red square", vectors=3))
+    assert len(ids) >= 2 and torch.allclose(three, words[torch.arange(3) % len(ids)])
+    one = initial_vectors(tiny_model, TrainingSpec("<ring>", "red square"))
+    assert one.shape == (1, words.shape[1]) and torch.allclose(one[0], words.mean(0))
+
+
 def test_generation_with_a_concept_differs_and_records_it(tiny_model):
     controller = PersonalizationController(tiny_model)
     concept = LearnedConcept("<ring>", torch.randn(1, dim(tiny_model)) * 3)

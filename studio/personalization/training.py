@@ -205,9 +205,13 @@ def initial_vectors(model, spec: TrainingSpec) -> torch.Tensor:
         raise InvalidRequest(f"initializer word {spec.init_word!r} has no tokens", "init_word")
     table = model.text_encoder.get_input_embeddings()
     with torch.no_grad():
-        start = table(torch.tensor(ids, device=model.device)).float().mean(0).cpu()
+        rows_of_words = table(torch.tensor(ids, device=model.device)).float().cpu()
+    if spec.method != "prospect" and spec.vectors > 1:
+        # several vectors: each starts at the next token of the initializer text, cycling (A1111's convention), so
+        # "hollow circle" with two vectors starts as those two words
+        return rows_of_words[torch.arange(spec.vectors) % len(ids)].clone()
     rows = NUM_STAGES if spec.method == "prospect" else spec.vectors
-    return start.expand(rows, -1).clone()
+    return rows_of_words.mean(0).expand(rows, -1).clone()
 
 
 def train_concept(model, images, spec: TrainingSpec, *, cancel: CancelToken | None = None,

@@ -300,7 +300,7 @@ def build_personalization_tab(handlers: PersonalizationHandlers, state: gr.State
                 steps = gr.Slider(1, 3000, value=300, step=1, label="Training steps", elem_id="pers_steps")
                 lr = gr.Number(value=1e-3, label="Learning rate", elem_id="pers_lr")
                 rank = gr.Slider(1, 64, value=8, step=1, label="LoRA rank", elem_id="pers_rank")
-                vectors = gr.Slider(1, 16, value=1, step=1, label="Vectors per token (textual inversion)",
+                vectors = gr.Slider(1, 16, value=1, step=1, label="Vectors per token (textual inversion; each starts at the next word of the initializer text)",
                                     elem_id="pers_vectors")
                 preview_every = gr.Slider(0, 500, value=100, step=10, label="Preview every N steps",
                                           elem_id="pers_preview_every")
