@@ -86,6 +86,8 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
                hollow: bool = False) -> None:
     """Draw one shape in canvas coordinates scaled by SUPERSAMPLE onto a supersampled canvas. ``hollow`` (squares and
     triangles) cuts a hole of half the size, in ``hole_fill``, as the ring has (about the triangle's centroid)."""
+    if hollow and shape not in HOLLOW_SHAPES:
+        raise ValueError(f"only {', '.join(HOLLOW_SHAPES)} can be hollow, not {shape!r} (a hollow circle is the ring)")
     s = SUPERSAMPLE
     x, y, rr = cx * s, cy * s, r * s
     if shape in ("circle", "ring"):
@@ -106,8 +108,6 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
             draw.polygon([(gx + (px - gx) / 2, gy + (py - gy) / 2) for px, py in poly], fill=hole_fill)
     else:
         raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(ALL_SHAPES)}")
-    if hollow and shape not in HOLLOW_SHAPES:
-        raise ValueError(f"only {', '.join(HOLLOW_SHAPES)} can be hollow, not {shape!r} (a hollow circle is the ring)")
 
 
 def render(background: str, objects: list[SceneObject],
