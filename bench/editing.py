@@ -12,7 +12,8 @@ p2p      prompt-to-prompt word swap "a large red circle and a medium <colour> <s
          has exactly one circle and it is blue; where the source has exactly one circle and it is red (the model
          draws the two-object prompt right in only about half the seeds), the same and the IoU of the two circles'
          masks; objects of the source other than the circle found again in the edit (same colour and shape,
-         IoU >= 0.8). Local blend on --blend-words (default "circle", the edited object's noun, as in the paper).
+         IoU >= 0.8). Local blend on --blend-words (default "circle", the edited object's noun, as in the paper), or
+         with --blend-mask contrast on DiffEdit's noise-contrast mask of the source (rendered first).
 
 p2p-real the same swap on drawn scenes (a red circle and a non-red, non-blue square or triangle), DDIM-inverted
          under their full caption (--inversion-steps): the source is the truth, so the figures are the edit's.
@@ -104,7 +105,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def p2p(model, n: int, seed0: int, cross: float, self_fraction: float, blend: bool,
-        blend_words: tuple[str, ...]) -> dict:
+        blend_words: tuple[str, ...], blend_mask: str = "attention") -> dict:
     controller = EditingController(model)
     rng = random.Random(seed0)
     blue = circle_kept = circle_cases = blue_given_source = other_kept = other_cases = 0
@@ -116,7 +117,8 @@ def p2p(model, n: int, seed0: int, cross: float, self_fraction: float, blend: bo
         base = replace(controller.defaults(), prompt=f"a large red circle{tail}", seed=seed0 + i)
         out = controller.prompt_to_prompt(PromptToPromptRequest(base, f"a large blue circle{tail}", cross,
                                                                 self_fraction, local_blend=blend,
-                                                                blend_words=blend_words), save=False)
+                                                                blend_words=blend_words, blend_mask=blend_mask),
+                                          save=False)
         source, edited = analyze(out.source).objects, analyze(out.edited).objects
         circles = [o for o in edited if o.shape == "circle"]
         ok = len(circles) == 1 and circles[0].colour == "blue"
@@ -133,7 +135,8 @@ def p2p(model, n: int, seed0: int, cross: float, self_fraction: float, blend: bo
             other_kept += any(e.colour == o.colour and e.shape == o.shape and iou(e.mask, o.mask) >= 0.8
                               for e in edited)
     return {"seeds": n, "cross_fraction": cross, "self_fraction": self_fraction, "local_blend": blend,
-            "blend_words": list(blend_words), "edit_has_one_blue_circle": blue / n,
+            "blend_mask": blend_mask, "blend_words": list(blend_words) if blend_mask == "attention" else [],
+            "edit_has_one_blue_circle": blue / n,
             "seeds_with_one_red_source_circle": circle_cases,
             "one_blue_circle_where_source_has_one_red_circle": blue_given_source / max(circle_cases, 1),
             "circle_iou_at_least_0_8": circle_kept / max(circle_cases, 1),
@@ -141,7 +144,7 @@ def p2p(model, n: int, seed0: int, cross: float, self_fraction: float, blend: bo
 
 
 def p2p_real(model, n: int, seed0: int, steps: int, cross: float, self_fraction: float, blend: bool,
-             blend_words: tuple[str, ...]) -> dict:
+             blend_words: tuple[str, ...], blend_mask: str = "attention") -> dict:
     """The same swap on drawn scenes (a red circle and one other object), DDIM-inverted under their caption: the
     source is exactly what the prompt says, so the figures are the edit's alone."""
     controller = EditingController(model)
@@ -160,7 +163,7 @@ def p2p_real(model, n: int, seed0: int, steps: int, cross: float, self_fraction:
         psnrs.append(inverted.psnr_db)
         out = controller.prompt_to_prompt(PromptToPromptRequest(
             base, prompt.replace("red circle", "blue circle", 1), cross, self_fraction, local_blend=blend,
-            blend_words=blend_words, inverted=inverted), save=False)
+            blend_words=blend_words, inverted=inverted, blend_mask=blend_mask), save=False)
         edited = analyze(out.edited).objects
         circles = [o for o in edited if o.shape == "circle"]
         ok = len(circles) == 1 and circles[0].colour == "blue"
@@ -169,7 +172,8 @@ def p2p_real(model, n: int, seed0: int, steps: int, cross: float, self_fraction:
         other_kept += any(e.colour == objects[1].colour and e.shape == objects[1].shape
                           and iou(e.mask, scene.masks[1]) >= 0.8 for e in edited)
     return {"scenes": n, "inversion_steps": steps, "cross_fraction": cross, "self_fraction": self_fraction,
-            "local_blend": blend, "blend_words": list(blend_words),
+            "local_blend": blend, "blend_mask": blend_mask,
+            "blend_words": list(blend_words) if blend_mask == "attention" else [],
             "reconstruction_psnr_db_mean": float(np.mean(psnrs)), "edit_has_one_blue_circle": blue / n,
             "circle_iou_at_least_0_8": circle_kept / n, "other_object_unchanged": other_kept / n}
 
@@ -297,6 +301,9 @@ def main() -> int:
     p.add_argument("--no-blend", action="store_true")
     p.add_argument("--blend-words", default="circle",
                    help="p2p: words whose attention makes the local-blend mask ('' = the words that differ)")
+    p.add_argument("--blend-mask", default="attention", choices=["attention", "contrast"],
+                   help="p2p: the local-blend mask from the blend words' attention (the paper) or from the two "
+                        "prompts' noise-prediction contrast on the source (DiffEdit)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--name", default="editing", help="results file bench/results/NAME.json")
     p.add_argument("--out", default=None)
@@ -319,7 +326,7 @@ def main() -> int:
     if "p2p" in parts:
         t0 = time.perf_counter()
         r = results["p2p"] = p2p(model, args.n, 80_000, args.cross, args.self_fraction, not args.no_blend,
-                                 blend_words)
+                                 blend_words, args.blend_mask)
         results["seconds"]["p2p"] = round(time.perf_counter() - t0, 1)
         print_table(["seeds", "one blue circle", "source has one red circle", "blue there", "circle IoU >= 0.8",
                      "other objects unchanged"],
@@ -329,7 +336,7 @@ def main() -> int:
     if "p2p-real" in parts:
         t0 = time.perf_counter()
         r = results["p2p_real"] = p2p_real(model, args.n, 85_000, args.inversion_steps, args.cross,
-                                           args.self_fraction, not args.no_blend, blend_words)
+                                           args.self_fraction, not args.no_blend, blend_words, args.blend_mask)
         results["seconds"]["p2p-real"] = round(time.perf_counter() - t0, 1)
         print_table(["inverted scenes", "reconstruction dB", "one blue circle", "circle IoU >= 0.8",
                      "other object unchanged"],

@@ -24,7 +24,9 @@ modes:
             --out; prints the reconstruction's PSNR against the input. --null-text also optimises the
             unconditional embedding per step (--inner-steps, default 10) so the reconstruction holds at --cfg
   p2p       prompt-to-prompt: render --prompt and --target on the same noise, the target's attention controlled by
-            the source's (--cross, --self fractions of the steps; --reweight word:factor; --no-blend); writes
+            the source's (--cross, --self fractions of the steps; --reweight word:factor; --no-blend;
+            --blend-mask attention|contrast: the local-blend mask from the blend words' attention, or DiffEdit's
+            noise contrast of the two prompts on the source, rendered first); writes
             the source to --out and the edit next to it as <out>-edit.png. With --image, edits that real image:
             it is inverted under --prompt first (its caption; DDIM, --steps default 50, --null-text as above)
   concept   closed-form concept edit of the model: --edit "old -> new" (repeatable; "old ->" erases),
@@ -69,6 +71,9 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--no-blend", action="store_true", help="p2p: no local blending")
     p.add_argument("--blend-words", default="", metavar="W1,W2",
                    help="p2p: words whose attention makes the local-blend mask (default: the words that differ)")
+    p.add_argument("--blend-mask", default="attention", choices=["attention", "contrast"],
+                   help="p2p: where the local-blend mask comes from: the blend words' cross-attention (the paper's) "
+                        "or the two prompts' noise-prediction contrast on the source (DiffEdit)")
     p.add_argument("--null-text", action="store_true", help="invert, p2p --image: null-text optimisation")
     p.add_argument("--inner-steps", type=int, default=10, help="null-text: Adam steps per sampling step (at most)")
     p.add_argument("--edit", dest="edits", action="append", default=[], metavar="OLD->NEW",
@@ -169,7 +174,7 @@ def cmd_edit(args: argparse.Namespace, ctx: Context) -> int:
                 outcome = controller.prompt_to_prompt(PromptToPromptRequest(
                     base, args.target, args.cross, args.self_fraction, reweight, not args.no_blend,
                     blend_words=tuple(w.strip() for w in args.blend_words.split(",") if w.strip()),
-                    inverted=inverted))
+                    inverted=inverted, blend_mask=args.blend_mask))
         except InvalidRequest as e:
             raise UsageError(f"{e} (model {args.model})") from None
         except (OutputsError, OSError) as e:

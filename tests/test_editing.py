@@ -281,6 +281,59 @@ def test_prompt_to_prompt_blend_words(tiny_model):
         controller.prompt_to_prompt(PromptToPromptRequest(BASE, "a green square", blend_words=("circle",)),
                                     save=False)
 
+def test_fixed_blend_mask_replaces_the_attention_mask():
+    from studio.editing.p2p import PromptToPromptControl
+
+    mask = torch.zeros(8, 8)
+    mask[2:4, 5:7] = 1.0
+    control = PromptToPromptControl(cond_rows=slice(0, 2), mapping=[0, 1, 2], num_steps=4, blend_start=0.5,
+                                    fixed_mask=mask)
+    latents = torch.stack([torch.zeros(4, 8, 8), torch.ones(4, 8, 8)])
+    assert torch.equal(control.apply(1, 4, latents, None), latents)  # before blend_start
+    out = control.apply(2, 4, latents, None)
+    assert torch.equal(out[0], latents[0]) and torch.equal(out[1], mask.expand(4, 8, 8))
+
+
+def test_contrast_mask_falls_on_the_swapped_object_on_tinyworld(tiny_models):
+    from studio.editing.contrast import contrast_map, contrast_mask
+
+    model = tiny_models("tinyworld")
+    circle = SceneObject("circle", "red", "large", 12.0, 16.0, 32.0)
+    square = SceneObject("square", "green", "large", 12.0, 48.0, 32.0)
+    scene = scene_from_objects("black", [circle, square])
+    pixels = torch.from_numpy(np.asarray(scene.image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x0 = Engine(model).encode(pixels[None]).float().cpu()[0]
+    source = "a large red circle on the left and a large green square on the right on a black background"
+    target = source.replace("red circle", "blue circle")
+    mask = contrast_mask(model, x0, source, target, samples=4)
+    assert mask.shape == x0.shape[1:] and set(mask.unique().tolist()) <= {0.0, 1.0}
+    factor = scene.image.width // x0.shape[-1]
+    on_circle = torch.from_numpy(scene.masks[0][::factor, ::factor].copy())
+    on_square = torch.from_numpy(scene.masks[1][::factor, ::factor].copy())
+    assert mask[on_circle].mean() > 0.5 > mask[on_square].mean() + 0.3  # the circle is edited, the square kept
+    with pytest.raises(InvalidRequest, match="they are the same"):
+        contrast_map(model, x0, source, source)
+
+
+def test_prompt_to_prompt_with_the_contrast_mask(tiny_model, tmp_path):
+    controller = EditingController(tiny_model)
+    out = controller.prompt_to_prompt(PromptToPromptRequest(BASE, "a green square", blend_mask="contrast"),
+                                      save=False)
+    assert out.blend_mask is not None and out.blend_mask.shape == (16, 16) and out.blend_words == ((), ())
+    plain = Engine(tiny_model).generate(replace(BASE, width=64, height=64)).images[0]
+    assert np.abs(np.asarray(out.source, int) - np.asarray(plain, int)).max() <= 1
+    with pytest.raises(InvalidRequest, match="blend_mask must be one of attention, contrast"):
+        controller.prompt_to_prompt(PromptToPromptRequest(BASE, "a green square", blend_mask="words"), save=False)
+    with pytest.raises(InvalidRequest, match="for a reweighting edit use the attention mask"):
+        controller.prompt_to_prompt(PromptToPromptRequest(BASE, BASE.prompt, reweight=(("square", 2.0),),
+                                                          blend_mask="contrast"), save=False)
+    code, printed, err = run_cli(tiny_model, "p2p", "--prompt", "a blue square", "--target", "a green square",
+                                 "--steps", 3, "--blend-mask", "contrast", "--out", tmp_path / "c.png", "--json")
+    assert code == 0, err
+    editing = read_image_settings(tmp_path / "c-edit.png").controls["editing"]
+    assert editing["blend_mask"] == "contrast" and 0 <= editing["contrast_mask"]["share_of_image"] <= 1
+
+
 def test_cli_prompt_to_prompt_writes_both_images(tiny_model, tmp_path):
     code, out, err = run_cli(tiny_model, "p2p", "--prompt", "a blue square", "--target", "a green square", "--steps", 3,
                              "--reweight", "square:2", "--out", tmp_path / "swap.png", "--json")

@@ -66,6 +66,9 @@ def test_prompt_to_prompt_from_the_tab(handlers):
     _, status = handlers.prompt_to_prompt(EditingSession(), True, "a blue square", "a red square", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4,
                                           "hexagon", 2.0, True)
     assert "does not occur" in status
+    _, status = handlers.prompt_to_prompt(EditingSession(), True, "a blue square", "a blue square", "", 2, 3, 5.0,
+                                          "DPM++ 2M", 0.8, 0.4, "square", 2.0, True, False, "", "contrast")
+    assert "use the attention mask" in status
 
 
 def test_invert_then_prompt_to_prompt_on_the_real_image(handlers):
@@ -81,5 +84,9 @@ def test_invert_then_prompt_to_prompt_on_the_real_image(handlers):
     gallery, status = handlers.prompt_to_prompt(session, True, "ignored", "a green square", "", 2, 3, 5.0, "DDIM",
                                                 0.8, 0.4, "", 1.0, True, True)
     assert [c for _, c in gallery] == ["source", "edited"] and "prompt-to-prompt done" in status
+    gallery, status = handlers.prompt_to_prompt(session, True, "ignored", "a green square", "", 2, 3, 5.0, "DDIM",
+                                                0.8, 0.4, "", 1.0, True, True, "", "contrast")
+    assert [c for _, c in gallery] == ["source", "edited", "local-blend mask (noise contrast)"]
+    assert gallery[2][0].size == (64, 64) and "noise-contrast mask" in status
     assert "upload an input image" in list(handlers.invert(EditingSession(), True, None, "x", "", 2, 3, 5.0, False,
                                                            2))[-1][2]

@@ -36,6 +36,7 @@ from studio.editing.concepts import (
     ConceptDelta, ConceptEditSpec, compute_delta, concept_presets_for, edited_copy, load_delta, save_delta,
 )
 from studio.editing.inversion import NullTextEmbeddings, ddim_invert, null_text_optimize
+from studio.editing.contrast import DEFAULT_SAMPLES, DEFAULT_STRENGTH, DEFAULT_THRESHOLD, contrast_mask
 from studio.editing.p2p import prompt_to_prompt_hooks
 from studio.engine.validate import size_rule
 from studio.errors import check_text_item
@@ -114,6 +115,10 @@ class PromptToPromptRequest:
     ``reweight`` scales the attention on words of ``target``; ``local_blend`` keeps everything but the edited words'
     region equal to the source (the words that differ between the prompts, or the reweighted ones).
 
+    ``blend_mask`` says where the local-blend mask comes from: ``"attention"`` (the paper's: the blend words'
+    cross-attention) or ``"contrast"`` (DiffEdit's: where the two prompts' noise predictions differ on the source
+    image, which is rendered first; the blend words are then unused).
+
     ``inverted`` edits a real image instead: the source is the inversion's reconstruction (its prompt, steps, CFG,
     size and DDIM sampler replace ``base``'s; with null-text embeddings when the inversion optimised them)."""
 
@@ -125,6 +130,10 @@ class PromptToPromptRequest:
     local_blend: bool = True
     blend_words: tuple[str, ...] = ()
     inverted: InversionOutcome | None = None
+    blend_mask: str = "attention"
+
+
+BLEND_MASKS = ("attention", "contrast")
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,7 @@ class PromptToPromptOutcome:
     request: GenerationRequest  # the source render as run
     blend_words: tuple[tuple[str, ...], tuple[str, ...]]
     saved: tuple = ()
+    blend_mask: torch.Tensor | None = None  # (h, w) latent-grid contrast mask, when one was used
     timings: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -232,43 +242,70 @@ class EditingController:
         inverted = request.inverted
         if inverted is not None and not isinstance(inverted, InversionOutcome):
             raise InvalidRequest("inverted must be the outcome of an inversion", "inverted")
+        if request.blend_mask not in BLEND_MASKS:
+            raise InvalidRequest(f"blend_mask must be one of {', '.join(BLEND_MASKS)}, got {request.blend_mask!r}",
+                                 "blend_mask")
+        contrast = request.local_blend and request.blend_mask == "contrast"
+        if contrast and base.prompt.strip() == request.target.strip():
+            raise InvalidRequest("the noise-contrast mask compares the source and the edited prompt, which are the "
+                                 "same here; for a reweighting edit use the attention mask", "blend_mask")
         if inverted is not None:
             base = replace(inverted.request, batch_size=2, shared_seed=True)
         base = self.generator.prepare(replace(base, batch_size=2, shared_seed=True))
         source_words, target_words = _words(base.prompt), _words(request.target)
         blend = ((), ())
-        if request.local_blend and request.blend_words:
+        if contrast:
+            pass
+        elif request.local_blend and request.blend_words:
             blend = _blend_words_in(request.blend_words, base.prompt, request.target)
         elif request.local_blend:
             removed = tuple(w for w in source_words if w not in target_words)
             added = tuple(w for w in target_words if w not in source_words)
             weighted = tuple(w for w, _ in request.reweight)
             blend = (removed or weighted, added or weighted)
-        # 2. hooks: per-image prompts, attention control, local blend
+        t0 = time.perf_counter()
+        runner = self.generator if save else self.generator.with_store(None)
+        # 2. the contrast mask (DiffEdit) from the source image: the inverted one, or a render of the source alone
+        mask, t_mask = None, 0.0
+        if contrast:
+            if inverted is not None:
+                source_image = inverted.reconstruction
+            else:
+                source_image = self.generator.with_store(None).run(
+                    replace(base, batch_size=1, shared_seed=False), cancel=cancel, on_progress=on_progress).images[0]
+            pixels = torch.from_numpy(np.asarray(source_image.convert("RGB"), dtype=np.float32) / 255.0)
+            x0 = self.engine.encode(pixels.permute(2, 0, 1)[None]).float().cpu()[0]
+            mask = contrast_mask(self.model, x0, base.prompt, request.target, seed=base.seed, cancel=cancel)
+            t_mask = time.perf_counter() - t0
+        # 3. hooks: per-image prompts, attention control, local blend
         hooks, _ = prompt_to_prompt_hooks(
             self.model, base.prompt, request.target, base.steps, base.cfg, cross_fraction=request.cross_fraction,
             self_fraction=request.self_fraction, reweight=dict(request.reweight),
-            blend_words=(list(blend[0]), list(blend[1])) if blend[0] or blend[1] else None)
+            blend_words=(list(blend[0]), list(blend[1])) if blend[0] or blend[1] else None, blend_mask=mask)
         controls = {"editing": {"mode": "prompt-to-prompt", "source": base.prompt, "target": request.target,
                                 "cross_fraction": float(request.cross_fraction),
                                 "self_fraction": float(request.self_fraction),
                                 "reweight": [[w, float(f)] for w, f in request.reweight],
-                                "local_blend": [list(blend[0]), list(blend[1])]}}
+                                "local_blend": [list(blend[0]), list(blend[1])],
+                                "blend_mask": request.blend_mask if request.local_blend else None}}
+        if mask is not None:
+            controls["editing"]["contrast_mask"] = {"strength": DEFAULT_STRENGTH, "samples": DEFAULT_SAMPLES,
+                                                    "threshold": DEFAULT_THRESHOLD,
+                                                    "share_of_image": round(float(mask.mean()), 4)}
         start = None
         if inverted is not None:  # a real image: start both from its inversion, follow its null-text embeddings
             start = StartLatents(inverted.latents.expand(2, -1, -1, -1).clone(), 0)
             hooks.embedding_edits.extend(inverted.hooks().embedding_edits)
             controls["editing"]["inverted"] = {"null_text": inverted.null_embeddings is not None,
                                                "reconstruction_psnr_db": round(inverted.psnr_db, 3)}
-        # 3. one batched run of two on the same noise
-        t0 = time.perf_counter()
-        runner = self.generator if save else self.generator.with_store(None)
+        # 4. one batched run of two on the same noise
         outcome = runner.run(base, cancel=cancel, on_progress=on_progress, controls=controls, workbench=WORKBENCH,
                              hooks=hooks, start=start)
         return PromptToPromptOutcome(source=outcome.images[0], edited=outcome.images[1],
                                      request=replace(outcome.request, batch_size=1, shared_seed=False),
-                                     blend_words=blend, saved=outcome.saved,
-                                     timings={**outcome.timings, "total": time.perf_counter() - t0})
+                                     blend_words=blend, saved=outcome.saved, blend_mask=mask,
+                                     timings={**outcome.timings, "contrast_mask": t_mask,
+                                              "total": time.perf_counter() - t0})
 
     def invert(self, request: InversionRequest, *, save: bool = False, cancel: CancelToken | None = None,
                on_progress: ProgressCallback | None = None) -> InversionOutcome:

@@ -8,7 +8,8 @@ words change what is drawn. Reweighting scales the attention on one word of the 
 the edited image equal to the source outside the region the blend words attend to (by default the words that
 differ; the user may name others, e.g. the edited object's noun): their cross-attention maps in both images, summed
 over layers and over the steps so far, dilated by one latent pixel, min-max normalised and thresholded, applied from
-``blend_start`` of the steps on.
+``blend_start`` of the steps on. A fixed mask (e.g. DiffEdit's noise contrast, :mod:`studio.editing.contrast`) may
+replace the attention mask.
 
 Only the conditional rows of the batched UNet call are edited (as in the paper's code), both roles' images get the
 uncond pass unchanged.
@@ -58,7 +59,7 @@ class PromptToPromptControl:
     """Edits the batch-of-two's attention for one run (see the module docstring). ``cond_rows`` is the slice of
     the batched UNet call holding the two conditional rows (source, edited); ``reweight`` maps token positions of
     the edited prompt to a factor; ``blend_tokens`` are (source positions, edited positions) whose maps make the
-    local-blend mask (empty: no blending)."""
+    local-blend mask (empty: no blending); ``fixed_mask`` ``(h, w)``, when given, is the local-blend mask instead."""
 
     cond_rows: slice
     mapping: list[int | None]
@@ -69,6 +70,7 @@ class PromptToPromptControl:
     blend_tokens: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
     blend_start: float = 0.2
     blend_threshold: float = 0.3
+    fixed_mask: torch.Tensor | None = None
     step: int = 0
     _maps: list = field(default_factory=list)
     _store: torch.Tensor | None = None
@@ -120,9 +122,9 @@ class PromptToPromptControl:
                 up = maps_on_latent_grid(torch.stack([src, dst]), h, w).sum(0, keepdim=True)
                 self._store = up if self._store is None else self._store + up
             self._maps = []
-        if self._store is None or step < math.floor(self.blend_start * num_steps):
+        if (self._store is None and self.fixed_mask is None) or step < math.floor(self.blend_start * num_steps):
             return latents
-        mask = self.blend_mask(latents.dtype)
+        mask = self.blend_mask(latents.dtype).to(latents.device)
         blended = latents.clone()
         blended[1] = latents[0] + mask * (latents[1] - latents[0])
         return blended
@@ -130,7 +132,9 @@ class PromptToPromptControl:
     def blend_mask(self, dtype=torch.float32) -> torch.Tensor:
         """``(1, h, w)`` 0/1 latent mask: the blend words' accumulated attention, dilated by one latent pixel,
         rescaled to 0..1 between its minimum and maximum (attention to a word never falls to zero away from its
-        object, so scaling by the maximum alone keeps nearly everything) and thresholded."""
+        object, so scaling by the maximum alone keeps nearly everything) and thresholded; or the fixed mask."""
+        if self.fixed_mask is not None:
+            return self.fixed_mask.to(dtype)[None]
         m = F.max_pool2d(self._store, 3, stride=1, padding=1)
         lo, hi = m.amin(), m.amax()
         m = (m - lo) / (hi - lo).clamp(min=1e-8)
@@ -139,9 +143,10 @@ class PromptToPromptControl:
 
 def prompt_to_prompt_hooks(model, source: str, target: str, num_steps: int, cfg: float, *, cross_fraction: float,
                            self_fraction: float, reweight: dict[str, float] | None = None,
-                           blend_words: tuple[list[str], list[str]] | None = None) -> tuple[RunHooks,
-                                                                                           PromptToPromptControl]:
-    """Hooks for a batch of two (``shared_seed``) whose prompt is ``source``: image 1 reads ``target``."""
+                           blend_words: tuple[list[str], list[str]] | None = None,
+                           blend_mask: torch.Tensor | None = None) -> tuple[RunHooks, PromptToPromptControl]:
+    """Hooks for a batch of two (``shared_seed``) whose prompt is ``source``: image 1 reads ``target``. A
+    ``blend_mask`` ``(h, w)`` on the latent grid replaces the blend words' attention mask."""
     from studio.attributes.directions import subject_token_indices
 
     for name, value in (("cross_fraction", cross_fraction), ("self_fraction", self_fraction)):
@@ -164,8 +169,10 @@ def prompt_to_prompt_hooks(model, source: str, target: str, num_steps: int, cfg:
     control = PromptToPromptControl(cond_rows=slice(2 * first, 2 * first + 2), mapping=token_mapping(tok, source,
                                                                                                       target),
                                     num_steps=num_steps, cross_fraction=float(cross_fraction),
-                                    self_fraction=float(self_fraction), reweight=weights, blend_tokens=blend)
+                                    self_fraction=float(self_fraction), reweight=weights,
+                                    blend_tokens=((), ()) if blend_mask is not None else blend, fixed_mask=blend_mask)
     embeds = encode_texts(model, [source, target])
     hooks = RunHooks(embedding_edits=[ReplaceCondEmbeddings(embeds)], attention_processors=control.processors,
-                     step_callbacks=[control.on_step], latent_edits=[control] if blend[0] else [])
+                     step_callbacks=[control.on_step],
+                     latent_edits=[control] if blend[0] or blend_mask is not None else [])
     return hooks, control

@@ -47,6 +47,12 @@ def enlarged(image: Image.Image) -> Image.Image:
     return image.resize((image.width * k, image.height * k), Image.NEAREST) if k > 1 else image
 
 
+def mask_picture(mask, size: tuple[int, int]) -> Image.Image:
+    """A latent-grid 0..1 mask ``(h, w)`` as a black-and-white picture of the image's ``size`` (white = edited)."""
+    pixels = (np.asarray(mask.float().cpu().numpy()).clip(0, 1) * 255).astype(np.uint8)
+    return Image.fromarray(pixels, "L").resize(size, Image.NEAREST).convert("RGB")
+
+
 def painted_mask(editor_value: Any) -> np.ndarray | None:
     """The union of the painted layers' alpha as floats in [0, 1] (editor resolution), or None if nothing painted."""
     if not isinstance(editor_value, dict):
@@ -187,7 +193,8 @@ class EditingHandlers:
                            "prompt-to-prompt can now edit this image", "ok"))
 
     def prompt_to_prompt(self, session, use_edited, prompt, target, negative, seed, steps, cfg, sampler, cross,
-                         self_fraction, reweight_word, reweight_factor, blend, on_inverted=False, blend_words=""):
+                         self_fraction, reweight_word, reweight_factor, blend, on_inverted=False, blend_words="",
+                         blend_mask="attention"):
         """(before/after gallery, status) of a prompt-to-prompt edit (of the inverted input image when asked)."""
         try:
             inverted = session.inverted if session is not None and on_inverted else None
@@ -202,12 +209,16 @@ class EditingHandlers:
             words = tuple(w.strip() for w in str(blend_words or "").split(",") if w.strip())
             out = self.controller_for(session, use_edited).prompt_to_prompt(PromptToPromptRequest(
                 base, str(target or ""), float(cross), float(self_fraction), reweight, bool(blend),
-                blend_words=words, inverted=inverted))
+                blend_words=words, inverted=inverted, blend_mask=str(blend_mask or "attention")))
         except USER_ERRORS as e:
             return gr.skip(), status_html(user_message(e), "error")
-        blend_note = f"; local blend on {', '.join(out.blend_words[1]) or '-'}" if blend else ""
-        return [(out.source, "source"), (out.edited, "edited")], \
-            status_html(f"prompt-to-prompt done (seed {out.request.seed}){blend_note}", "ok")
+        gallery = [(out.source, "source"), (out.edited, "edited")]
+        if out.blend_mask is not None:
+            gallery.append((mask_picture(out.blend_mask, out.source.size), "local-blend mask (noise contrast)"))
+            blend_note = f"; local blend inside the noise-contrast mask ({float(out.blend_mask.mean()):.0%} of the image)"
+        else:
+            blend_note = f"; local blend on {', '.join(out.blend_words[1]) or '-'}" if blend else ""
+        return gallery, status_html(f"prompt-to-prompt done (seed {out.request.seed}){blend_note}", "ok")
 
     def stop(self, session: EditingSession):
         return stop_run(session)
@@ -356,6 +367,10 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
                     blend = gr.Checkbox(value=True, label="Local blend (keep the rest)", elem_id="edit_p2p_blend")
                     blend_words = gr.Textbox(label="Local-blend words (optional, comma-separated; default: the "
                                              "changed words)", placeholder="e.g. circle", elem_id="edit_p2p_blend_words")
+                blend_mask = gr.Radio([("cross-attention of the blend words (prompt-to-prompt)", "attention"),
+                                       ("noise contrast of the two prompts (DiffEdit; renders the source first)",
+                                        "contrast")], value="attention", label="Local-blend mask",
+                                      elem_id="edit_p2p_blend_mask")
                 on_inverted = gr.Checkbox(value=False, label="Edit the inverted input image (invert it first)",
                                           elem_id="edit_p2p_inverted")
                 p2p_run = gr.Button("Render source and edit", elem_id="edit_p2p_run")
@@ -410,7 +425,8 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
     stop.click(handlers.stop, inputs=[state], outputs=[status], **light)
     p2p_run.click(handlers.prompt_to_prompt, inputs=[state, use_edited, prompt, p2p_target, negative, seed, steps,
                                                      cfg, sampler, cross, self_fraction, reweight_word,
-                                                     reweight_factor, blend, on_inverted, blend_words],
+                                                     reweight_factor, blend, on_inverted, blend_words,
+                                                     blend_mask],
                   outputs=[p2p_gallery, p2p_status], **gpu)
     invert_run.click(handlers.invert, inputs=[state, use_edited, source, prompt, negative, seed, steps, cfg,
                                               null_text, inner_steps],
