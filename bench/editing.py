@@ -8,7 +8,8 @@ inpaint  a drawn scene with one object in the left half (random shape, colour, s
          (colour, shape, IoU >= 0.8 with its mask).
 
 p2p      prompt-to-prompt word swap "a large red circle and a medium <colour> <shape> on a <background> background"
-         -> the same with "blue circle" (other object: not red, not blue, not a circle), same seed. Per seed: the edit
+         -> the same with "blue circle" (other object: not red, not blue, not a circle; --p2p-single: none, "a large
+         red circle on a <background> background"), same seed. Per seed: the edit
          has exactly one circle and it is blue; where the source has exactly one circle and it is red (the model
          draws the two-object prompt right in only about half the seeds), the same and the IoU of the two circles'
          masks; objects of the source other than the circle found again in the edit (same colour and shape,
@@ -105,7 +106,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def p2p(model, n: int, seed0: int, cross: float, self_fraction: float, blend: bool,
-        blend_words: tuple[str, ...], blend_mask: str = "attention") -> dict:
+        blend_words: tuple[str, ...], blend_mask: str = "attention", other: bool = True) -> dict:
     controller = EditingController(model)
     rng = random.Random(seed0)
     blue = circle_kept = circle_cases = blue_given_source = other_kept = other_cases = 0
@@ -113,7 +114,7 @@ def p2p(model, n: int, seed0: int, cross: float, self_fraction: float, blend: bo
         colour = rng.choice([c for c in PALETTE if c not in ("red", "blue")])
         shape = rng.choice(["square", "triangle"])
         background = rng.choice(list(BACKGROUNDS))
-        tail = f" and a medium {colour} {shape} on a {background} background"
+        tail = (f" and a medium {colour} {shape}" if other else "") + f" on a {background} background"
         base = replace(controller.defaults(), prompt=f"a large red circle{tail}", seed=seed0 + i)
         out = controller.prompt_to_prompt(PromptToPromptRequest(base, f"a large blue circle{tail}", cross,
                                                                 self_fraction, local_blend=blend,
@@ -136,7 +137,7 @@ def p2p(model, n: int, seed0: int, cross: float, self_fraction: float, blend: bo
                               for e in edited)
     return {"seeds": n, "cross_fraction": cross, "self_fraction": self_fraction, "local_blend": blend,
             "blend_mask": blend_mask, "blend_words": list(blend_words) if blend_mask == "attention" else [],
-            "edit_has_one_blue_circle": blue / n,
+            "other_object_in_prompt": other, "edit_has_one_blue_circle": blue / n,
             "seeds_with_one_red_source_circle": circle_cases,
             "one_blue_circle_where_source_has_one_red_circle": blue_given_source / max(circle_cases, 1),
             "circle_iou_at_least_0_8": circle_kept / max(circle_cases, 1),
@@ -304,6 +305,8 @@ def main() -> int:
     p.add_argument("--blend-mask", default="attention", choices=["attention", "contrast"],
                    help="p2p: the local-blend mask from the blend words' attention (the paper) or from the two "
                         "prompts' noise-prediction contrast on the source (DiffEdit)")
+    p.add_argument("--p2p-single", action="store_true",
+                   help="p2p: one-object prompts ('a large red circle on a <background> background'), no other object")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--name", default="editing", help="results file bench/results/NAME.json")
     p.add_argument("--out", default=None)
@@ -326,13 +329,13 @@ def main() -> int:
     if "p2p" in parts:
         t0 = time.perf_counter()
         r = results["p2p"] = p2p(model, args.n, 80_000, args.cross, args.self_fraction, not args.no_blend,
-                                 blend_words, args.blend_mask)
+                                 blend_words, args.blend_mask, not args.p2p_single)
         results["seconds"]["p2p"] = round(time.perf_counter() - t0, 1)
         print_table(["seeds", "one blue circle", "source has one red circle", "blue there", "circle IoU >= 0.8",
                      "other objects unchanged"],
                     [[r["seeds"], r["edit_has_one_blue_circle"], r["seeds_with_one_red_source_circle"],
                       r["one_blue_circle_where_source_has_one_red_circle"], r["circle_iou_at_least_0_8"],
-                      r["other_objects_unchanged"]]])
+                      r["other_objects_unchanged"] if r["other_objects"] else "-"]])
     if "p2p-real" in parts:
         t0 = time.perf_counter()
         r = results["p2p_real"] = p2p_real(model, args.n, 85_000, args.inversion_steps, args.cross,
