@@ -294,19 +294,6 @@ def test_fixed_blend_mask_replaces_the_attention_mask():
     assert torch.equal(out[0], latents[0]) and torch.equal(out[1], mask.expand(4, 8, 8))
 
 
-def test_contrast_mask_grows_by_hysteresis_along_connected_pixels():
-    from studio.editing.contrast import grow_by_hysteresis
-
-    strong = torch.zeros(6, 6)
-    strong[1, 1] = 1.0
-    weak = torch.zeros(6, 6, dtype=torch.bool)
-    weak[1, 1:4] = True  # a rim joined to the strong pixel
-    weak[2, 4] = True  # diagonal neighbour of the rim: 8-connected
-    weak[5, 0] = True  # a weak spot touching nothing
-    grown = grow_by_hysteresis(strong, weak)
-    assert grown.sum() == 4 and grown[1, 1:4].all() and grown[2, 4] == 1 and grown[5, 0] == 0
-
-
 def test_contrast_mask_falls_on_the_swapped_object_on_tinyworld(tiny_models):
     from studio.editing.contrast import contrast_map, contrast_mask
 

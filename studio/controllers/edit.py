@@ -36,9 +36,7 @@ from studio.editing.concepts import (
     ConceptDelta, ConceptEditSpec, compute_delta, concept_presets_for, edited_copy, load_delta, save_delta,
 )
 from studio.editing.inversion import NullTextEmbeddings, ddim_invert, null_text_optimize
-from studio.editing.contrast import (
-    DEFAULT_GROW_THRESHOLD, DEFAULT_SAMPLES, DEFAULT_STRENGTH, DEFAULT_THRESHOLD, contrast_mask,
-)
+from studio.editing.contrast import DEFAULT_SAMPLES, DEFAULT_STRENGTH, DEFAULT_THRESHOLD, contrast_mask
 from studio.editing.p2p import prompt_to_prompt_hooks
 from studio.engine.validate import size_rule
 from studio.errors import check_text_item
@@ -293,7 +291,6 @@ class EditingController:
         if mask is not None:
             controls["editing"]["contrast_mask"] = {"strength": DEFAULT_STRENGTH, "samples": DEFAULT_SAMPLES,
                                                     "threshold": DEFAULT_THRESHOLD,
-                                                    "grow_threshold": DEFAULT_GROW_THRESHOLD,
                                                     "share_of_image": round(float(mask.mean()), 4)}
         start = None
         if inverted is not None:  # a real image: start both from its inversion, follow its null-text embeddings

@@ -14,7 +14,6 @@ cross-attention spreads over every object, so the attention mask covered most of
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from studio.engine import CancelToken, InvalidRequest
 from studio.engine.conditioning import encode_texts
@@ -23,7 +22,6 @@ from studio.inspection.denoising import alphas_cumprod, predict_epsilon
 DEFAULT_STRENGTH = 0.5
 DEFAULT_SAMPLES = 10
 DEFAULT_THRESHOLD = 0.5
-DEFAULT_GROW_THRESHOLD: float | None = None
 
 
 def contrast_map(model, x0: torch.Tensor, source_prompt: str, target_prompt: str, *,
@@ -55,27 +53,8 @@ def contrast_map(model, x0: torch.Tensor, source_prompt: str, target_prompt: str
 
 
 def contrast_mask(model, x0: torch.Tensor, source_prompt: str, target_prompt: str, *,
-                  threshold: float = DEFAULT_THRESHOLD, grow_threshold: float | None = DEFAULT_GROW_THRESHOLD,
-                  **kwargs) -> torch.Tensor:
-    """``(h, w)`` 0/1 float mask on the latent grid: :func:`contrast_map` above ``threshold``, grown (when
-    ``grow_threshold`` is given) by hysteresis into the 8-connected pixels above ``grow_threshold``."""
+                  threshold: float = DEFAULT_THRESHOLD, **kwargs) -> torch.Tensor:
+    """``(h, w)`` 0/1 float mask on the latent grid: :func:`contrast_map` above ``threshold``."""
     if not 0.0 <= threshold < 1.0:
         raise InvalidRequest(f"the contrast mask's threshold must be in 0..1, got {threshold!r}", "threshold")
-    if grow_threshold is not None and not 0.0 <= grow_threshold <= threshold:
-        raise InvalidRequest(f"the contrast mask's grow threshold must be in 0..threshold ({threshold}), got "
-                             f"{grow_threshold!r}", "grow_threshold")
-    scores = contrast_map(model, x0, source_prompt, target_prompt, **kwargs)
-    mask = (scores > threshold).float()
-    return mask if grow_threshold is None else grow_by_hysteresis(mask, scores > grow_threshold)
-
-
-def grow_by_hysteresis(mask: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """``mask`` ``(h, w)`` grown step by step into 8-connected ``allowed`` pixels until it stops changing (hysteresis
-    thresholding, as in Canny's edge linking): an object's rim, where the two predictions differ less than at its
-    centre, joins the mask; weak spots not touching it do not."""
-    allowed = allowed.float()
-    while True:
-        grown = torch.maximum(mask, F.max_pool2d(mask[None, None], 3, stride=1, padding=1)[0, 0] * allowed)
-        if torch.equal(grown, mask):
-            return mask
-        mask = grown
+    return (contrast_map(model, x0, source_prompt, target_prompt, **kwargs) > threshold).float()
