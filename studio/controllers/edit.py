@@ -253,12 +253,10 @@ class EditingController:
             base = replace(inverted.request, batch_size=2, shared_seed=True)
         base = self.generator.prepare(replace(base, batch_size=2, shared_seed=True))
         source_words, target_words = _words(base.prompt), _words(request.target)
-        blend = ((), ())
-        if contrast:
-            pass
-        elif request.local_blend and request.blend_words:
+        blend = ((), ())  # the attention mask's words (none with the contrast mask)
+        if request.local_blend and not contrast and request.blend_words:
             blend = _blend_words_in(request.blend_words, base.prompt, request.target)
-        elif request.local_blend:
+        elif request.local_blend and not contrast:
             removed = tuple(w for w in source_words if w not in target_words)
             added = tuple(w for w in target_words if w not in source_words)
             weighted = tuple(w for w, _ in request.reweight)
@@ -273,9 +271,8 @@ class EditingController:
             else:
                 source_image = self.generator.with_store(None).run(
                     replace(base, batch_size=1, shared_seed=False), cancel=cancel, on_progress=on_progress).images[0]
-            pixels = torch.from_numpy(np.asarray(source_image.convert("RGB"), dtype=np.float32) / 255.0)
-            x0 = self.engine.encode(pixels.permute(2, 0, 1)[None]).float().cpu()[0]
-            mask = contrast_mask(self.model, x0, base.prompt, request.target, seed=base.seed, cancel=cancel)
+            mask = contrast_mask(self.model, self._latents_of(source_image)[0], base.prompt, request.target,
+                                 seed=base.seed, cancel=cancel)
             t_mask = time.perf_counter() - t0
         # 3. hooks: per-image prompts, attention control, local blend
         hooks, _ = prompt_to_prompt_hooks(
@@ -416,10 +413,14 @@ class EditingController:
                                  f"in {rule.minimum}..{rule.maximum}; crop or resize it", "image")
         base = self.generator.prepare(replace(base, width=w, height=h))
         self.engine.validate(base)
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-        x0 = self.engine.encode(pixels[None]).float().cpu()
+        x0 = self._latents_of(image)
         noise = seeded_noise(base.seed, tuple(x0.shape))
         return base, x0, noise
+
+    def _latents_of(self, image: Image.Image) -> torch.Tensor:
+        """The image's clean latents ``(1, C, h, w)`` (float32, CPU)."""
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return self.engine.encode(pixels[None]).float().cpu()
 
     @staticmethod
     def _mask(mask, size: tuple[int, int], feather: float) -> np.ndarray:
