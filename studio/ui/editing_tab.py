@@ -215,7 +215,8 @@ class EditingHandlers:
         gallery = [(out.source, "source"), (out.edited, "edited")]
         if out.blend_mask is not None:
             gallery.append((mask_picture(out.blend_mask, out.source.size), "local-blend mask (noise contrast)"))
-            blend_note = f"; local blend inside the noise-contrast mask ({float(out.blend_mask.mean()):.0%} of the image)"
+            share = float(out.blend_mask.mean())
+            blend_note = f"; local blend inside the noise-contrast mask ({share:.0%} of the image)"
         else:
             blend_note = f"; local blend on {', '.join(out.blend_words[1]) or '-'}" if blend else ""
         return gallery, status_html(f"prompt-to-prompt done (seed {out.request.seed}){blend_note}", "ok")
