@@ -169,6 +169,10 @@ def test_generate_in_the_browser(studio, browser):
                 break
             time.sleep(0.05)
         status = status_text(page)
+        # the last progress and the status arrive in one update; read the progress once more after "Done"
+        progress = page.inner_text("#progress")
+        if "step " in progress:
+            steps_seen.add(progress.split("step ")[1].split()[0])
         assert "Done: 1 image(s)" in status, f"run did not finish: {status!r}"
         assert f"seed {SEED}" in status
         assert len(seen) >= 3, f"expected at least two preview frames before the result, saw {len(seen)}"
