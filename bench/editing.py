@@ -14,7 +14,14 @@ p2p      prompt-to-prompt word swap "a large red circle and a medium <colour> <s
          draws the two-object prompt right in only about half the seeds), the same and the IoU of the two circles'
          masks; objects of the source other than the circle found again in the edit (same colour and shape,
          IoU >= 0.8). Local blend on --blend-words (default "circle", the edited object's noun, as in the paper), or
-         with --blend-mask contrast on DiffEdit's noise-contrast mask of the source (rendered first).
+         with --blend-mask contrast on DiffEdit's noise-contrast mask of the source (estimated first by a render
+         of the source that stops at the mask's noise level).
+
+contrast-cost  the cost of that mask, in one run, per seed of the two-object p2p prompts (--n seeds, order rotated):
+         the whole edit with the attention mask and with the contrast mask (controller), and the mask's preparation
+         two ways: the source's x0 estimate at the mask's noise level (what the controller does) or, as before the
+         fourteenth session, a full render of the source encoded back to latents; each then the same 20 UNet
+         evaluations of the mask. Also the IoU of the two ways' masks (how much the shortcut changes the mask).
 
 p2p-real the same swap on drawn scenes (a red circle and a non-red, non-blue square or triangle), DDIM-inverted
          under their full caption (--inversion-steps): the source is the truth, so the figures are the edit's.
@@ -34,7 +41,8 @@ concept  closed-form concept edit "circle -> square" preserving triangle, square
          well as the model draws one), the circle and triangle prompts -> their shapes. Also read literally
          ("has_*"): the shape among the objects, and for the edit a square with no circle anywhere.
 
-    python bench/editing.py [--parts inpaint,p2p,p2p-real,inversion,nulltext,concept] [--n 100] [--threads 1]
+    python bench/editing.py [--parts inpaint,p2p,p2p-real,contrast-cost,inversion,nulltext,concept] [--n 100]
+                            [--threads 1]
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ from bench._common import machine, print_table, write_results  # noqa: E402
 from studio.controllers.edit import (  # noqa: E402
     EditingController, InpaintRequest, InversionRequest, PromptToPromptRequest,
 )
+from studio.editing.contrast import contrast_mask, source_x0_at_strength  # noqa: E402
+from studio.engine import Engine  # noqa: E402
 from studio.models import load_model  # noqa: E402
 from studio.tinyworld.analyzer import analyze  # noqa: E402
 from studio.tinyworld.captions import full_caption  # noqa: E402
@@ -142,6 +152,54 @@ def p2p(model, n: int, seed0: int, cross: float, self_fraction: float, blend: bo
             "one_blue_circle_where_source_has_one_red_circle": blue_given_source / max(circle_cases, 1),
             "circle_iou_at_least_0_8": circle_kept / max(circle_cases, 1),
             "other_objects_unchanged": other_kept / max(other_cases, 1), "other_objects": other_cases}
+
+
+def contrast_cost(model, n: int, seed0: int) -> dict:
+    controller, engine = EditingController(model), Engine(model)
+    rng = random.Random(seed0)
+    times: dict[str, list[float]] = {k: [] for k in ("edit_attention", "edit_contrast", "mask_from_x0_estimate",
+                                                     "mask_from_full_render")}
+    mask_iou = []
+    for i in range(n):
+        colour = rng.choice([c for c in PALETTE if c not in ("red", "blue")])
+        shape = rng.choice(["square", "triangle"])
+        tail = f" and a medium {colour} {shape} on a {rng.choice(list(BACKGROUNDS))} background"
+        base = controller.generator.prepare(replace(controller.defaults(), prompt=f"a large red circle{tail}",
+                                                    seed=seed0 + i))
+        target = f"a large blue circle{tail}"
+        alone = replace(base, batch_size=1, shared_seed=False)
+        masks = {}
+
+        def edit(kind: str) -> None:
+            controller.prompt_to_prompt(PromptToPromptRequest(base, target, blend_mask=kind), save=False)
+
+        def from_estimate() -> None:
+            masks["estimate"] = contrast_mask(model, source_x0_at_strength(engine, alone), base.prompt, target,
+                                              seed=base.seed)
+
+        def from_render() -> None:
+            image = engine.generate(alone).images[0]
+            masks["render"] = contrast_mask(model, controller._latents_of(image)[0], base.prompt, target,
+                                            seed=base.seed)
+
+        jobs = [("edit_attention", lambda: edit("attention")), ("edit_contrast", lambda: edit("contrast")),
+                ("mask_from_x0_estimate", from_estimate), ("mask_from_full_render", from_render)]
+        for k in range(len(jobs)):  # rotate the order so that no job always runs first
+            name, job = jobs[(i + k) % len(jobs)]
+            t0 = time.perf_counter()
+            job()
+            times[name].append(time.perf_counter() - t0)
+        a, b = masks["estimate"].bool(), masks["render"].bool()
+        mask_iou.append(float((a & b).sum() / max(int((a | b).sum()), 1)))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"seeds": n, "median_seconds": {k: round(v, 4) for k, v in med.items()},
+            "contrast_edit_over_attention_edit": round(med["edit_contrast"] / med["edit_attention"], 3),
+            "mask_full_render_over_estimate": round(med["mask_from_full_render"] / med["mask_from_x0_estimate"], 3),
+            "contrast_edit_before_over_now": round((med["edit_contrast"] - med["mask_from_x0_estimate"]
+                                                    + med["mask_from_full_render"]) / med["edit_contrast"], 3),
+            "mask_iou_estimate_vs_render": {"mean": round(float(np.mean(mask_iou)), 4),
+                                            "min": round(float(np.min(mask_iou)), 4)},
+            "samples_s": {k: [round(x, 4) for x in v] for k, v in times.items()}}
 
 
 def p2p_real(model, n: int, seed0: int, steps: int, cross: float, self_fraction: float, blend: bool,
@@ -345,6 +403,17 @@ def main() -> int:
                      "other object unchanged"],
                     [[r["scenes"], f"{r['reconstruction_psnr_db_mean']:.1f}", r["edit_has_one_blue_circle"],
                       r["circle_iou_at_least_0_8"], r["other_object_unchanged"]]])
+    if "contrast-cost" in parts:
+        t0 = time.perf_counter()
+        r = results["contrast_cost"] = contrast_cost(model, args.n, 87_000)
+        results["seconds"]["contrast-cost"] = round(time.perf_counter() - t0, 1)
+        m = r["median_seconds"]
+        print_table(["seeds", "edit, attention mask s", "edit, contrast mask s", "mask from x0 estimate s",
+                     "mask from full render s", "contrast edit before / now", "mask IoU (mean / min)"],
+                    [[r["seeds"], f"{m['edit_attention']:.2f}", f"{m['edit_contrast']:.2f}",
+                      f"{m['mask_from_x0_estimate']:.2f}", f"{m['mask_from_full_render']:.2f}",
+                      r["contrast_edit_before_over_now"],
+                      f"{r['mask_iou_estimate_vs_render']['mean']:.3f} / {r['mask_iou_estimate_vs_render']['min']:.3f}"]])
     if "inversion" in parts:
         t0 = time.perf_counter()
         r = results["inversion"] = inversion(model, args.n, 90_000, args.inversion_steps)

@@ -26,7 +26,7 @@ modes:
   p2p       prompt-to-prompt: render --prompt and --target on the same noise, the target's attention controlled by
             the source's (--cross, --self fractions of the steps; --reweight word:factor; --no-blend;
             --blend-mask attention|contrast: the local-blend mask from the blend words' attention, or DiffEdit's
-            noise contrast of the two prompts on the source, rendered first); writes
+            noise contrast of the two prompts on the source, estimated by a half render); writes
             the source to --out and the edit next to it as <out>-edit.png. With --image, edits that real image:
             it is inverted under --prompt first (its caption; DDIM, --steps default 50, --null-text as above)
   concept   closed-form concept edit of the model: --edit "old -> new" (repeatable; "old ->" erases),

@@ -334,6 +334,33 @@ def test_prompt_to_prompt_with_the_contrast_mask(tiny_model, tmp_path):
     assert editing["blend_mask"] == "contrast" and 0 <= editing["contrast_mask"]["share_of_image"] <= 1
 
 
+def test_source_estimate_stops_at_the_mask_noise_level(tiny_model):
+    """The contrast mask's source estimate is the full render's own x0 prediction at the step nearest the mask's
+    noise level, and the render stops there; the user's cancel still cancels it."""
+    from studio.editing.contrast import source_x0_at_strength
+    from studio.engine import Cancelled, CancelToken
+
+    engine = Engine(tiny_model)
+    request = replace(BASE, steps=10, width=64, height=64)
+    scheduler = make_scheduler(tiny_model.scheduler_config, request.sampler)
+    scheduler.set_timesteps(request.steps)
+    table_end = tiny_model.scheduler_config["num_train_timesteps"] - 1
+    wanted = min(range(10), key=lambda i: abs(int(scheduler.timesteps[i]) - 0.5 * table_end))
+    assert 0 < wanted < 9
+    full: dict[int, torch.Tensor] = {}
+    engine.generate(request, on_step=lambda e: full.setdefault(e.step, e.x0_pred[0].float().cpu()))
+    progress: list[tuple[int, int]] = []
+    x0 = source_x0_at_strength(engine, request, on_progress=lambda done, total: progress.append((done, total)))
+    assert torch.allclose(x0, full[wanted], atol=1e-5)
+    assert progress == [(k + 1, wanted + 1) for k in range(wanted + 1)]  # no step after the one it needs
+    cancelled = CancelToken()
+    cancelled.cancel()
+    with pytest.raises(Cancelled):
+        source_x0_at_strength(engine, request, cancel=cancelled)
+    with pytest.raises(InvalidRequest, match="strength must be in"):
+        source_x0_at_strength(engine, request, strength=1.0)
+
+
 def test_cli_prompt_to_prompt_writes_both_images(tiny_model, tmp_path):
     code, out, err = run_cli(tiny_model, "p2p", "--prompt", "a blue square", "--target", "a green square", "--steps", 3,
                              "--reweight", "square:2", "--out", tmp_path / "swap.png", "--json")

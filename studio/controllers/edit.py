@@ -36,7 +36,8 @@ from studio.editing.concepts import (
     ConceptDelta, ConceptEditSpec, compute_delta, concept_presets_for, edited_copy, load_delta, save_delta,
 )
 from studio.editing.inversion import NullTextEmbeddings, ddim_invert, null_text_optimize
-from studio.editing.contrast import DEFAULT_SAMPLES, DEFAULT_STRENGTH, DEFAULT_THRESHOLD, contrast_mask
+from studio.editing.contrast import (DEFAULT_SAMPLES, DEFAULT_STRENGTH, DEFAULT_THRESHOLD, contrast_mask,
+                                     source_x0_at_strength)
 from studio.editing.p2p import prompt_to_prompt_hooks
 from studio.engine.validate import size_rule
 from studio.errors import check_text_item
@@ -117,7 +118,8 @@ class PromptToPromptRequest:
 
     ``blend_mask`` says where the local-blend mask comes from: ``"attention"`` (the paper's: the blend words'
     cross-attention) or ``"contrast"`` (DiffEdit's: where the two prompts' noise predictions differ on the source
-    image, which is rendered first; the blend words are then unused).
+    image, estimated by a render of the source that stops at the mask's noise level; the blend words are then
+    unused).
 
     ``inverted`` edits a real image instead: the source is the inversion's reconstruction (its prompt, steps, CFG,
     size and DDIM sampler replace ``base``'s; with null-text embeddings when the inversion optimised them)."""
@@ -263,16 +265,16 @@ class EditingController:
             blend = (removed or weighted, added or weighted)
         t0 = time.perf_counter()
         runner = self.generator if save else self.generator.with_store(None)
-        # 2. the contrast mask (DiffEdit) from the source image: the inverted one, or a render of the source alone
+        # 2. the contrast mask (DiffEdit) from the source: the inverted image's latents, or the source's own x0
+        #    estimate at the mask's noise level (its render stops there: the mask sees nothing finer)
         mask, t_mask = None, 0.0
         if contrast:
             if inverted is not None:
-                source_image = inverted.reconstruction
+                x0 = self._latents_of(inverted.reconstruction)[0]
             else:
-                source_image = self.generator.with_store(None).run(
-                    replace(base, batch_size=1, shared_seed=False), cancel=cancel, on_progress=on_progress).images[0]
-            mask = contrast_mask(self.model, self._latents_of(source_image)[0], base.prompt, request.target,
-                                 seed=base.seed, cancel=cancel)
+                x0 = source_x0_at_strength(self.engine, replace(base, batch_size=1, shared_seed=False),
+                                           cancel=cancel, on_progress=on_progress)
+            mask = contrast_mask(self.model, x0, base.prompt, request.target, seed=base.seed, cancel=cancel)
             t_mask = time.perf_counter() - t0
         # 3. hooks: per-image prompts, attention control, local blend
         hooks, _ = prompt_to_prompt_hooks(

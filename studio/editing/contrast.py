@@ -9,14 +9,19 @@ predictions agree, so the mask falls on what the edit changes, e.g. the object w
 
 Prompt-to-prompt uses it as an alternative to the paper's attention mask for local blending: on Tiny World a word's
 cross-attention spreads over every object, so the attention mask covered most of the image (see the README).
+
+For a generated source, :func:`source_x0_at_strength` supplies the clean latents without a full render: the mask
+only sees the image through noise of level ``strength``, so the source's own x0 prediction at that level is all it
+needs, and the render stops there (about half the source's steps at the default strength).
 """
 
 from __future__ import annotations
 
 import torch
 
-from studio.engine import CancelToken, InvalidRequest
+from studio.engine import Cancelled, CancelToken, InvalidRequest
 from studio.engine.conditioning import encode_texts
+from studio.engine.samplers import make_scheduler
 from studio.inspection.denoising import alphas_cumprod, predict_epsilon
 
 DEFAULT_STRENGTH = 0.5
@@ -58,3 +63,55 @@ def contrast_mask(model, x0: torch.Tensor, source_prompt: str, target_prompt: st
     if not 0.0 <= threshold < 1.0:
         raise InvalidRequest(f"the contrast mask's threshold must be in 0..1, got {threshold!r}", "threshold")
     return (contrast_map(model, x0, source_prompt, target_prompt, **kwargs) > threshold).float()
+
+
+class _StopWhenSeen(CancelToken):
+    """Stops a run once the wanted step has been seen (set), or when the user's token is cancelled."""
+
+    def __init__(self, user: CancelToken | None) -> None:
+        super().__init__()
+        self.user = user
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set() or (self.user is not None and self.user.cancelled)
+
+
+def source_x0_at_strength(engine, request, *, strength: float = DEFAULT_STRENGTH, cancel: CancelToken | None = None,
+                          on_progress=None) -> torch.Tensor:
+    """The source's clean latents ``(C, h, w)`` as its own render estimates them at noise level ``strength``: the
+    render of ``request`` (one image) runs only until the step whose timestep is nearest ``strength`` of the
+    training schedule, and that step's x0 prediction is returned. ``on_progress(done, total)`` counts those steps."""
+    # 1. validate
+    if not 0.0 < strength < 1.0:
+        raise InvalidRequest(f"the contrast mask's strength must be in (0, 1) (a fraction of the noise schedule), "
+                             f"got {strength!r}", "strength")
+    if request.batch_size != 1:
+        raise InvalidRequest(f"the source estimate renders one image, got batch size {request.batch_size}",
+                             "batch_size")
+    wanted = _nearest_step(engine, request, strength * (len(alphas_cumprod(engine.model)) - 1))
+    stop = _StopWhenSeen(cancel)
+    seen: dict[str, torch.Tensor] = {}
+
+    # 2. render until that step; keep its x0 prediction
+    def on_step(event) -> None:
+        if on_progress is not None:
+            on_progress(event.step + 1, wanted + 1)
+        if event.step == wanted:
+            seen["x0"] = event.x0_pred[0].detach().float().cpu()
+            stop.cancel()
+
+    try:
+        engine.generate(request, cancel=stop, on_step=on_step)
+    except Cancelled:
+        if "x0" not in seen:
+            raise
+    return seen["x0"]
+
+
+def _nearest_step(engine, request, target: float) -> int:
+    """Index of the request's timestep nearest ``target`` (the sampler's own schedule)."""
+    scheduler = make_scheduler(engine.model.scheduler_config, request.sampler)
+    scheduler.set_timesteps(request.steps)
+    steps = [int(t) for t in scheduler.timesteps]
+    return min(range(len(steps)), key=lambda i: abs(steps[i] - target))

@@ -369,7 +369,7 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
                     blend_words = gr.Textbox(label="Local-blend words (optional, comma-separated; default: the "
                                              "changed words)", placeholder="e.g. circle", elem_id="edit_p2p_blend_words")
                 blend_mask = gr.Radio([("cross-attention of the blend words (prompt-to-prompt)", "attention"),
-                                       ("noise contrast of the two prompts (DiffEdit; renders the source first)",
+                                       ("noise contrast of the two prompts (DiffEdit; half-renders the source)",
                                         "contrast")], value="attention", label="Local-blend mask",
                                       elem_id="edit_p2p_blend_mask")
                 on_inverted = gr.Checkbox(value=False, label="Edit the inverted input image (invert it first)",
