@@ -461,6 +461,32 @@ def test_inpainting_in_the_browser(studio, browser):
         context.close()
 
 
+def test_prompt_to_prompt_in_the_browser(studio, browser):
+    """Swap a word with the noise-contrast mask: one progress bar covers the mask's half render of the source and
+    the edit, and the gallery shows source, edit and mask."""
+    url, _ = studio
+    context, page = open_studio(browser, url)
+    try:
+        page.get_by_role("tab", name="Editing").click()
+        page.get_by_text("Prompt-to-prompt: edit a generated image").click()
+        page.wait_for_selector("#edit_p2p_run", state="visible")
+        page.fill("#edit_prompt textarea", "a large red circle on a black background")
+        page.fill("#edit_p2p_target textarea", "a large blue circle on a black background")
+        page.get_by_label("noise contrast of the two prompts", exact=False).check()
+        set_number(page, "edit_steps", 10)
+        page.click("#edit_p2p_run")
+        wait_until(lambda: "prompt-to-prompt done" in page.inner_text("#edit_p2p_status"), RUN_TIMEOUT,
+                   "the prompt-to-prompt edit")
+        bar = page.locator("#edit_p2p_progress .studio-progress")
+        done, total = int(bar.get_attribute("data-step")), int(bar.get_attribute("data-total"))
+        assert done == total > 10, "the half render and the 10 edit steps in one bar"
+        assert "noise-contrast mask" in page.inner_text("#edit_p2p_status")
+        assert page.locator("#edit_p2p_gallery img").count() >= 3
+        assert "Traceback" not in page.inner_text("body")
+    finally:
+        context.close()
+
+
 def test_concept_edit_in_the_browser_is_this_session_only(studio, browser):
     """Apply "circle -> square" in one browser session and render before/after; a second session at the same time
     still has the original model; Revert returns the first to it."""

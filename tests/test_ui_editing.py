@@ -57,34 +57,61 @@ def test_other_modes_and_messages(handlers):
                                                                                         seed=-1)))[-1][2]
 
 
+def p2p(handlers, *args):
+    """(gallery, status) of the handler's last yield."""
+    frames = list(handlers.prompt_to_prompt(*args))
+    return frames[-1][0], frames[-1][2]
+
+
 def test_prompt_to_prompt_from_the_tab(handlers):
-    gallery, status = handlers.prompt_to_prompt(EditingSession(), True, "a blue square", "a green square", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4,
+    gallery, status = p2p(handlers, EditingSession(), True, "a blue square", "a green square", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4,
                                                 "square", 2.0, True)
     assert [caption for _, caption in gallery] == ["source", "edited"] and "local blend on green" in status
-    _, status = handlers.prompt_to_prompt(EditingSession(), True, "a blue square", "", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4, "", 1.0, True)
+    _, status = p2p(handlers, EditingSession(), True, "a blue square", "", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4, "", 1.0, True)
     assert "write the edited prompt" in status
-    _, status = handlers.prompt_to_prompt(EditingSession(), True, "a blue square", "a red square", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4,
+    _, status = p2p(handlers, EditingSession(), True, "a blue square", "a red square", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4,
                                           "hexagon", 2.0, True)
     assert "does not occur" in status
-    _, status = handlers.prompt_to_prompt(EditingSession(), True, "a blue square", "a blue square", "", 2, 3, 5.0,
+    _, status = p2p(handlers, EditingSession(), True, "a blue square", "a blue square", "", 2, 3, 5.0,
                                           "DPM++ 2M", 0.8, 0.4, "square", 2.0, True, False, "", "contrast")
     assert "use the attention mask" in status
+
+
+def test_prompt_to_prompt_streams_progress_and_stops(handlers):
+    """The contrast mask's half render of the source and the edit count as one progress bar; Stop ends the run
+    with a message and the tab works again."""
+    session = EditingSession()
+    args = ("a blue square", "a green square", "", 2, 8, 5.0, "DPM++ 2M", 0.8, 0.4, "", 1.0, True, False, "",
+            "contrast")
+    frames = list(handlers.prompt_to_prompt(session, True, *args))
+    bars = [f[1] for f in frames[:-1]]
+    assert bars and all("/" in bar for bar in bars)  # progress while it ran
+    assert "prompt-to-prompt done" in frames[-1][2] and session.cancel is None
+    final_total = int(frames[-1][1].split('data-total="')[1].split('"')[0])
+    assert final_total > 8 and f'data-step="{final_total}"' in frames[-1][1]  # half render + 8 edit steps, all done
+    gen = handlers.prompt_to_prompt(session, True, *args[:4], 60, *args[5:])
+    first = next(gen)
+    assert session.cancel is not None and "/" in first[1]
+    handlers.stop(session)
+    rest = list(gen)
+    assert "stopped" in rest[-1][2] and not isinstance(rest[-1][0], list) and session.cancel is None
+    assert "prompt-to-prompt done" in p2p(handlers, session, True, *args)[1]
 
 
 def test_invert_then_prompt_to_prompt_on_the_real_image(handlers):
     session = EditingSession()
     image = Image.new("RGB", (64, 64), (20, 20, 20))
-    _, status = handlers.prompt_to_prompt(session, True, "a blue square", "a green square", "", 2, 3, 5.0, "DDIM",
+    _, status = p2p(handlers, session, True, "a blue square", "a green square", "", 2, 3, 5.0, "DDIM",
                                           0.8, 0.4, "", 1.0, True, True)
     assert "invert the input image first" in status
     frames = list(handlers.invert(session, True, image, "a blue square", "", 2, 3, 5.0, True, 2))
     reconstruction, status = frames[-1][0], frames[-1][2]
     assert reconstruction.size == (64, 64) and "reconstruction PSNR" in status and "null-text at CFG 5" in status
     assert session.inverted is not None and session.inverted.null_embeddings.shape[0] == 3
-    gallery, status = handlers.prompt_to_prompt(session, True, "ignored", "a green square", "", 2, 3, 5.0, "DDIM",
+    gallery, status = p2p(handlers, session, True, "ignored", "a green square", "", 2, 3, 5.0, "DDIM",
                                                 0.8, 0.4, "", 1.0, True, True)
     assert [c for _, c in gallery] == ["source", "edited"] and "prompt-to-prompt done" in status
-    gallery, status = handlers.prompt_to_prompt(session, True, "ignored", "a green square", "", 2, 3, 5.0, "DDIM",
+    gallery, status = p2p(handlers, session, True, "ignored", "a green square", "", 2, 3, 5.0, "DDIM",
                                                 0.8, 0.4, "", 1.0, True, True, "", "contrast")
     assert [c for _, c in gallery] == ["source", "edited", "local-blend mask (noise contrast)"]
     assert gallery[2][0].size == (64, 64) and "noise-contrast mask" in status

@@ -265,6 +265,7 @@ class EditingController:
             blend = (removed or weighted, added or weighted)
         t0 = time.perf_counter()
         runner = self.generator if save else self.generator.with_store(None)
+        progress = _TwoPartProgress(on_progress, base.steps)
         # 2. the contrast mask (DiffEdit) from the source: the inverted image's latents, or the source's own x0
         #    estimate at the mask's noise level (its render stops there: the mask sees nothing finer)
         mask, t_mask = None, 0.0
@@ -273,7 +274,7 @@ class EditingController:
                 x0 = self._latents_of(inverted.reconstruction)[0]
             else:
                 x0 = source_x0_at_strength(self.engine, replace(base, batch_size=1, shared_seed=False),
-                                           cancel=cancel, on_progress=on_progress)
+                                           cancel=cancel, on_progress=progress.first if on_progress else None)
             mask = contrast_mask(self.model, x0, base.prompt, request.target, seed=base.seed, cancel=cancel)
             t_mask = time.perf_counter() - t0
         # 3. hooks: per-image prompts, attention control, local blend
@@ -298,8 +299,8 @@ class EditingController:
             controls["editing"]["inverted"] = {"null_text": inverted.null_embeddings is not None,
                                                "reconstruction_psnr_db": round(inverted.psnr_db, 3)}
         # 4. one batched run of two on the same noise
-        outcome = runner.run(base, cancel=cancel, on_progress=on_progress, controls=controls, workbench=WORKBENCH,
-                             hooks=hooks, start=start)
+        outcome = runner.run(base, cancel=cancel, on_progress=progress.second if on_progress else None,
+                             controls=controls, workbench=WORKBENCH, hooks=hooks, start=start)
         return PromptToPromptOutcome(source=outcome.images[0], edited=outcome.images[1],
                                      request=replace(outcome.request, batch_size=1, shared_seed=False),
                                      blend_words=blend, saved=outcome.saved, blend_mask=mask,
@@ -442,6 +443,21 @@ class EditingController:
         return EditOutcome(images=outcome.images, request=outcome.request, source=source, mask=soft,
                            saved=outcome.saved, timings={**outcome.timings, "total": time.perf_counter() - t0},
                            warnings=outcome.warnings)
+
+
+class _TwoPartProgress:
+    """One progress count over an optional first part (the contrast mask's half render) and the edit itself, so a
+    progress bar fills once instead of twice."""
+
+    def __init__(self, on_progress: ProgressCallback | None, second_total: int):
+        self.on_progress, self.second_total, self.first_total = on_progress, int(second_total), 0
+
+    def first(self, done: int, total: int) -> None:
+        self.first_total = int(total)
+        self.on_progress(done, total + self.second_total)
+
+    def second(self, done: int, total: int) -> None:
+        self.on_progress(self.first_total + done, self.first_total + total)
 
 
 def _words(text: str) -> list[str]:

@@ -195,9 +195,11 @@ class EditingHandlers:
     def prompt_to_prompt(self, session, use_edited, prompt, target, negative, seed, steps, cfg, sampler, cross,
                          self_fraction, reweight_word, reweight_factor, blend, on_inverted=False, blend_words="",
                          blend_mask="attention"):
-        """(before/after gallery, status) of a prompt-to-prompt edit (of the inverted input image when asked)."""
+        """Generator: yields (before/after gallery, progress, status) of a prompt-to-prompt edit (of the inverted
+        input image when asked); the tab's Stop stops it."""
+        session = session if session is not None else EditingSession()
         try:
-            inverted = session.inverted if session is not None and on_inverted else None
+            inverted = session.inverted if on_inverted else None
             if on_inverted and inverted is None:
                 raise ValueError("invert the input image first (Invert, under 'Invert a real image')")
             limits = FormLimits.for_model(self.controller.model, self.defaults)
@@ -207,11 +209,32 @@ class EditingHandlers:
             word = str(reweight_word or "").strip()
             reweight = ((word, float(reweight_factor)),) if word and float(reweight_factor) != 1.0 else ()
             words = tuple(w.strip() for w in str(blend_words or "").split(",") if w.strip())
-            out = self.controller_for(session, use_edited).prompt_to_prompt(PromptToPromptRequest(
-                base, str(target or ""), float(cross), float(self_fraction), reweight, bool(blend),
-                blend_words=words, inverted=inverted, blend_mask=str(blend_mask or "attention")))
+            request = PromptToPromptRequest(base, str(target or ""), float(cross), float(self_fraction), reweight,
+                                            bool(blend), blend_words=words, inverted=inverted,
+                                            blend_mask=str(blend_mask or "attention"))
         except USER_ERRORS as e:
-            return gr.skip(), status_html(user_message(e), "error")
+            yield gr.skip(), gr.skip(), status_html(user_message(e), "error")
+            return
+        controller = self.controller_for(session, use_edited)
+
+        def work(token, emit):
+            return controller.prompt_to_prompt(request, cancel=token,
+                                               on_progress=lambda step, total: emit((step, total)))
+
+        t0, total = time.perf_counter(), 1
+        try:
+            for kind, value in stream_run(session, work, "studio-p2p"):
+                if kind == "events":
+                    total = value[-1][1]
+                    yield gr.skip(), progress_html(value[-1][0], total), gr.skip()
+        except Busy as e:
+            yield gr.skip(), gr.skip(), status_html(str(e), "warning")
+            return
+        if kind == "error":
+            label, message, level = run_error(value, "prompt-to-prompt")
+            yield gr.skip(), progress_html(0, 1, label), status_html(message, level)
+            return
+        out = value
         gallery = [(out.source, "source"), (out.edited, "edited")]
         if out.blend_mask is not None:
             gallery.append((mask_picture(out.blend_mask, out.source.size), "local-blend mask (noise contrast)"))
@@ -219,7 +242,8 @@ class EditingHandlers:
             blend_note = f"; local blend inside the noise-contrast mask ({share:.0%} of the image)"
         else:
             blend_note = f"; local blend on {', '.join(out.blend_words[1]) or '-'}" if blend else ""
-        return gallery, status_html(f"prompt-to-prompt done (seed {out.request.seed}){blend_note}", "ok")
+        yield (gallery, progress_html(total, total, f"{time.perf_counter() - t0:.1f} s"),
+               status_html(f"prompt-to-prompt done (seed {out.request.seed}){blend_note}", "ok"))
 
     def stop(self, session: EditingSession):
         return stop_run(session)
@@ -377,6 +401,7 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
                 p2p_run = gr.Button("Render source and edit", elem_id="edit_p2p_run")
                 p2p_gallery = gr.Gallery(label="before · after (same noise)", columns=2, height=220,
                                          elem_id="edit_p2p_gallery")
+                p2p_progress = gr.HTML(progress_html(0, 1, "idle"), elem_id="edit_p2p_progress")
                 p2p_status = gr.HTML(elem_id="edit_p2p_status")
             with gr.Accordion("Concept edits of the model (this browser session only)", open=False):
                 presets = handlers.concept_presets()
@@ -428,7 +453,7 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
                                                      cfg, sampler, cross, self_fraction, reweight_word,
                                                      reweight_factor, blend, on_inverted, blend_words,
                                                      blend_mask],
-                  outputs=[p2p_gallery, p2p_status], **gpu)
+                  outputs=[p2p_gallery, p2p_progress, p2p_status], **gpu)
     invert_run.click(handlers.invert, inputs=[state, use_edited, source, prompt, negative, seed, steps, cfg,
                                               null_text, inner_steps],
                      outputs=[invert_image, invert_progress, invert_status], **gpu)
