@@ -332,6 +332,7 @@ def test_prompt_to_prompt_with_the_contrast_mask(tiny_model, tmp_path):
     assert code == 0, err
     editing = read_image_settings(tmp_path / "c-edit.png").controls["editing"]
     assert editing["blend_mask"] == "contrast" and 0 <= editing["contrast_mask"]["share_of_image"] <= 1
+    assert editing["contrast_mask"]["source_latents"] == "the source's x0 estimate at the mask's noise level"
 
 
 def test_source_estimate_stops_at_the_mask_noise_level(tiny_model):

@@ -291,7 +291,10 @@ class EditingController:
         if mask is not None:
             controls["editing"]["contrast_mask"] = {"strength": DEFAULT_STRENGTH, "samples": DEFAULT_SAMPLES,
                                                     "threshold": DEFAULT_THRESHOLD,
-                                                    "share_of_image": round(float(mask.mean()), 4)}
+                                                    "share_of_image": round(float(mask.mean()), 4),
+                                                    "source_latents": "inverted image's reconstruction"
+                                                    if inverted is not None else
+                                                    "the source's x0 estimate at the mask's noise level"}
         start = None
         if inverted is not None:  # a real image: start both from its inversion, follow its null-text embeddings
             start = StartLatents(inverted.latents.expand(2, -1, -1, -1).clone(), 0)
