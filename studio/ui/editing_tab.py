@@ -68,6 +68,25 @@ def painted_mask(editor_value: Any) -> np.ndarray | None:
     return alpha
 
 
+def streamed(session, work, name: str, context: str, on_events):
+    """Run ``work(token, emit)`` on the session's worker (:func:`stream_run`) for a handler that yields (output,
+    progress, status): ``on_events(batch)`` makes the triple for each batch of emitted events; a busy session or a
+    failed or stopped run yields its message. Returns the run's result, or None when it did not finish
+    (``result = yield from streamed(...)``)."""
+    try:
+        for kind, value in stream_run(session, work, name):
+            if kind == "events":
+                yield on_events(value)
+    except Busy as e:
+        yield gr.skip(), gr.skip(), status_html(str(e), "warning")
+        return None
+    if kind == "error":
+        label, message, level = run_error(value, context)
+        yield gr.skip(), progress_html(0, 1, label), status_html(message, level)
+        return None
+    return value
+
+
 class EditingHandlers:
     """Event handlers (plain functions of form values, testable without a browser)."""
 
@@ -136,20 +155,14 @@ class EditingHandlers:
             return method(request, cancel=token, on_preview=lambda im, step, total: emit((im, step, total)),
                           on_progress=lambda step, total: emit((None, step, total)))
 
+        def on_events(batch):  # the newest preview and step only
+            frames = [image for image, _, _ in batch if image is not None]
+            return frames[-1] if frames else gr.skip(), progress_html(batch[-1][1], batch[-1][2]), gr.skip()
+
         t0 = time.perf_counter()
-        try:
-            for kind, value in stream_run(session, work, "studio-edit"):
-                if kind == "events":  # the newest preview and step only
-                    frames = [image for image, _, _ in value if image is not None]
-                    yield (frames[-1] if frames else gr.skip(), progress_html(value[-1][1], value[-1][2]), gr.skip())
-        except Busy as e:
-            yield gr.skip(), gr.skip(), status_html(str(e), "warning")
+        out = yield from streamed(session, work, "studio-edit", "edit", on_events)
+        if out is None:
             return
-        if kind == "error":
-            label, message, level = run_error(value, "edit")
-            yield gr.skip(), progress_html(0, 1, label), status_html(message, level)
-            return
-        out = value
         saved = f"; saved {getattr(out.saved[0], 'relative_path', out.saved[0])}" if out.saved else ""
         on = " on the concept-edited model" if controller is not self.controller else ""
         yield (out.images[0], progress_html(1, 1, f"{time.perf_counter() - t0:.1f} s"),
@@ -175,16 +188,9 @@ class EditingHandlers:
         def work(token, emit):
             return controller.invert(request, cancel=token, on_progress=lambda step, total: emit((step, total)))
 
-        try:
-            for kind, value in stream_run(session, work, "studio-invert"):
-                if kind == "events":
-                    yield gr.skip(), progress_html(value[-1][0], value[-1][1], "null-text"), gr.skip()
-        except Busy as e:
-            yield gr.skip(), gr.skip(), status_html(str(e), "warning")
-            return
-        if kind == "error":
-            label, message, level = run_error(value, "inversion")
-            yield gr.skip(), progress_html(0, 1, label), status_html(message, level)
+        value = yield from streamed(session, work, "studio-invert", "inversion",
+                                    lambda batch: (gr.skip(), progress_html(*batch[-1], "null-text"), gr.skip()))
+        if value is None:
             return
         session.inverted = value
         how = f"null-text at CFG {value.request.cfg:g}" if null_text else "CFG 1"
@@ -221,20 +227,17 @@ class EditingHandlers:
             return controller.prompt_to_prompt(request, cancel=token,
                                                on_progress=lambda step, total: emit((step, total)))
 
-        t0, total = time.perf_counter(), 1
-        try:
-            for kind, value in stream_run(session, work, "studio-p2p"):
-                if kind == "events":
-                    total = value[-1][1]
-                    yield gr.skip(), progress_html(value[-1][0], total), gr.skip()
-        except Busy as e:
-            yield gr.skip(), gr.skip(), status_html(str(e), "warning")
+        seen = {"total": 1}
+
+        def on_events(batch):
+            seen["total"] = batch[-1][1]
+            return gr.skip(), progress_html(*batch[-1]), gr.skip()
+
+        t0 = time.perf_counter()
+        out = yield from streamed(session, work, "studio-p2p", "prompt-to-prompt", on_events)
+        if out is None:
             return
-        if kind == "error":
-            label, message, level = run_error(value, "prompt-to-prompt")
-            yield gr.skip(), progress_html(0, 1, label), status_html(message, level)
-            return
-        out = value
+        total = seen["total"]
         gallery = [(out.source, "source"), (out.edited, "edited")]
         if out.blend_mask is not None:
             gallery.append((mask_picture(out.blend_mask, out.source.size), "local-blend mask (noise contrast)"))
