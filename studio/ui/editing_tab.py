@@ -28,7 +28,7 @@ from studio.engine import SAMPLERS
 
 from .errors import USER_ERRORS, status_html, user_message
 from .generate_tab import FormLimits, progress_html
-from .streaming import Busy, RunSession, run_controls, run_error, stop_run, stream_run
+from .streaming import RunSession, run_controls, stop_run, stream_outputs
 
 MODES = ("inpaint", "img2img", "outpaint")
 EDITOR_SIDE = 256  # small images are shown enlarged (nearest) so a brush can paint them
@@ -69,22 +69,9 @@ def painted_mask(editor_value: Any) -> np.ndarray | None:
 
 
 def streamed(session, work, name: str, context: str, on_events):
-    """Run ``work(token, emit)`` on the session's worker (:func:`stream_run`) for a handler that yields (output,
-    progress, status): ``on_events(batch)`` makes the triple for each batch of emitted events; a busy session or a
-    failed or stopped run yields its message. Returns the run's result, or None when it did not finish
-    (``result = yield from streamed(...)``)."""
-    try:
-        for kind, value in stream_run(session, work, name):
-            if kind == "events":
-                yield on_events(value)
-    except Busy as e:
-        yield gr.skip(), gr.skip(), status_html(str(e), "warning")
-        return None
-    if kind == "error":
-        label, message, level = run_error(value, context)
-        yield gr.skip(), progress_html(0, 1, label), status_html(message, level)
-        return None
-    return value
+    """:func:`stream_outputs` for this tab's handlers, which yield (output, progress, status)."""
+    return stream_outputs(session, work, name, context, on_events,
+                          lambda progress, status: (gr.skip(), progress, status))
 
 
 class EditingHandlers:

@@ -92,6 +92,30 @@ def stop_run(session: RunSession | None) -> str:
     return status_html("nothing is running", "info")
 
 
+def stream_outputs(session: RunSession, work: Callable[[CancelToken, Callable[[Any], None]], Any], name: str,
+                   context: str, on_events: Callable[[list], tuple], message: Callable[[Any, str], tuple]):
+    """Drive :func:`stream_run` for a handler that yields its outputs: ``on_events(batch)`` makes the outputs for
+    each batch of emitted events; a busy session or a failed or stopped run yields ``message(progress, status)``
+    (``progress`` is ``gr.skip()`` when nothing ran). Returns the run's result, or None when it did not finish:
+    ``result = yield from stream_outputs(...)``."""
+    import gradio as gr
+
+    from .generate_tab import progress_html
+
+    try:
+        for kind, value in stream_run(session, work, name):
+            if kind == "events":
+                yield on_events(value)
+    except Busy as e:
+        yield message(gr.skip(), status_html(str(e), "warning"))
+        return None
+    if kind == "error":
+        label, text, level = run_error(value, context)
+        yield message(progress_html(0, 1, label), status_html(text, level))
+        return None
+    return value
+
+
 def run_controls(prefix: str, label: str, hint: str):
     """The run row every workbench tab has: its primary button, Stop, a progress bar and a status line, with
     element ids ``<prefix>_run``, ``_stop``, ``_progress``, ``_status``. Returns (run, stop, progress, status)."""
