@@ -203,7 +203,7 @@ def contrast_cost(model, n: int, seed0: int) -> dict:
 
 
 def p2p_real(model, n: int, seed0: int, steps: int, cross: float, self_fraction: float, blend: bool,
-             blend_words: tuple[str, ...], blend_mask: str = "attention") -> dict:
+             blend_words: tuple[str, ...], blend_mask: str = "attention", mask_grow: int | None = None) -> dict:
     """The same swap on drawn scenes (a red circle and one other object), DDIM-inverted under their caption: the
     source is exactly what the prompt says, so the figures are the edit's alone."""
     controller = EditingController(model)
@@ -222,7 +222,7 @@ def p2p_real(model, n: int, seed0: int, steps: int, cross: float, self_fraction:
         psnrs.append(inverted.psnr_db)
         out = controller.prompt_to_prompt(PromptToPromptRequest(
             base, prompt.replace("red circle", "blue circle", 1), cross, self_fraction, local_blend=blend,
-            blend_words=blend_words, inverted=inverted, blend_mask=blend_mask), save=False)
+            blend_words=blend_words, inverted=inverted, blend_mask=blend_mask, mask_grow=mask_grow), save=False)
         edited = analyze(out.edited).objects
         circles = [o for o in edited if o.shape == "circle"]
         ok = len(circles) == 1 and circles[0].colour == "blue"
@@ -232,6 +232,8 @@ def p2p_real(model, n: int, seed0: int, steps: int, cross: float, self_fraction:
                           and iou(e.mask, scene.masks[1]) >= 0.8 for e in edited)
     return {"scenes": n, "inversion_steps": steps, "cross_fraction": cross, "self_fraction": self_fraction,
             "local_blend": blend, "blend_mask": blend_mask,
+            "mask_grow": ("default (1 for inverted)" if mask_grow is None else mask_grow)
+            if blend_mask == "contrast" else None,
             "blend_words": list(blend_words) if blend_mask == "attention" else [],
             "reconstruction_psnr_db_mean": float(np.mean(psnrs)), "edit_has_one_blue_circle": blue / n,
             "circle_iou_at_least_0_8": circle_kept / n, "other_object_unchanged": other_kept / n}
@@ -363,6 +365,9 @@ def main() -> int:
     p.add_argument("--blend-mask", default="attention", choices=["attention", "contrast"],
                    help="p2p: the local-blend mask from the blend words' attention (the paper) or from the two "
                         "prompts' noise-prediction contrast on the source (DiffEdit)")
+    p.add_argument("--mask-grow", type=int, default=None,
+                   help="p2p-real with --blend-mask contrast: widen the mask by this many latent pixels (default: "
+                        "the controller's, 1 for inverted images)")
     p.add_argument("--p2p-single", action="store_true",
                    help="p2p: one-object prompts ('a large red circle on a <background> background'), no other object")
     p.add_argument("--threads", type=int, default=None)
@@ -397,7 +402,8 @@ def main() -> int:
     if "p2p-real" in parts:
         t0 = time.perf_counter()
         r = results["p2p_real"] = p2p_real(model, args.n, 85_000, args.inversion_steps, args.cross,
-                                           args.self_fraction, not args.no_blend, blend_words, args.blend_mask)
+                                           args.self_fraction, not args.no_blend, blend_words, args.blend_mask,
+                                           args.mask_grow)
         results["seconds"]["p2p-real"] = round(time.perf_counter() - t0, 1)
         print_table(["inverted scenes", "reconstruction dB", "one blue circle", "circle IoU >= 0.8",
                      "other object unchanged"],

@@ -26,7 +26,8 @@ modes:
   p2p       prompt-to-prompt: render --prompt and --target on the same noise, the target's attention controlled by
             the source's (--cross, --self fractions of the steps; --reweight word:factor; --no-blend;
             --blend-mask attention|contrast: the local-blend mask from the blend words' attention, or DiffEdit's
-            noise contrast of the two prompts on the source, estimated by a half render); writes
+            noise contrast of the two prompts on the source, estimated by a half render; --mask-grow N widens
+            the contrast mask by N latent pixels, default 1 for --image and 0 otherwise); writes
             the source to --out and the edit next to it as <out>-edit.png. With --image, edits that real image:
             it is inverted under --prompt first (its caption; DDIM, --steps default 50, --null-text as above)
   concept   closed-form concept edit of the model: --edit "old -> new" (repeatable; "old ->" erases),
@@ -74,6 +75,9 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--blend-mask", default="attention", choices=["attention", "contrast"],
                    help="p2p: where the local-blend mask comes from: the blend words' cross-attention (the paper's) "
                         "or the two prompts' noise-prediction contrast on the source (DiffEdit)")
+    p.add_argument("--mask-grow", type=int, default=None, metavar="N",
+                   help="p2p --blend-mask contrast: widen the mask by N (0..4) latent pixels (default: 1 for a "
+                        "real --image, 0 for a generated source)")
     p.add_argument("--null-text", action="store_true", help="invert, p2p --image: null-text optimisation")
     p.add_argument("--inner-steps", type=int, default=10, help="null-text: Adam steps per sampling step (at most)")
     p.add_argument("--edit", dest="edits", action="append", default=[], metavar="OLD->NEW",
@@ -174,7 +178,7 @@ def cmd_edit(args: argparse.Namespace, ctx: Context) -> int:
                 outcome = controller.prompt_to_prompt(PromptToPromptRequest(
                     base, args.target, args.cross, args.self_fraction, reweight, not args.no_blend,
                     blend_words=tuple(w.strip() for w in args.blend_words.split(",") if w.strip()),
-                    inverted=inverted, blend_mask=args.blend_mask))
+                    inverted=inverted, blend_mask=args.blend_mask, mask_grow=args.mask_grow))
         except InvalidRequest as e:
             raise UsageError(f"{e} (model {args.model})") from None
         except (OutputsError, OSError) as e:

@@ -333,6 +333,35 @@ def test_prompt_to_prompt_with_the_contrast_mask(tiny_model, tmp_path):
     editing = read_image_settings(tmp_path / "c-edit.png").controls["editing"]
     assert editing["blend_mask"] == "contrast" and 0 <= editing["contrast_mask"]["share_of_image"] <= 1
     assert editing["contrast_mask"]["source_latents"] == "the source's x0 estimate at the mask's noise level"
+    assert editing["contrast_mask"]["grow"] == 0  # a generated source's mask is used as thresholded
+
+
+def test_contrast_mask_grows_by_latent_pixels(tiny_model):
+    """``mask_grow`` widens the contrast mask (a max-pool); by default only an inverted image's mask is widened."""
+    from studio.controllers.edit import InversionRequest
+    from studio.editing.contrast import grown
+
+    dot = torch.zeros(8, 8)
+    dot[4, 4] = 1
+    assert grown(dot, 0) is dot
+    assert grown(dot, 1).sum() == 9 and grown(dot, 1)[3:6, 3:6].all()
+    assert grown(dot, 2).sum() == 25
+    controller = EditingController(tiny_model)
+    for bad in (-1, 5, 1.5, True):
+        with pytest.raises(InvalidRequest, match="mask_grow widens the contrast mask by 0..4"):
+            controller.prompt_to_prompt(PromptToPromptRequest(BASE, "a green square", blend_mask="contrast",
+                                                              mask_grow=bad), save=False)
+    plain = controller.prompt_to_prompt(PromptToPromptRequest(BASE, "a green square", blend_mask="contrast",
+                                                              mask_grow=0), save=False).blend_mask
+    wide = controller.prompt_to_prompt(PromptToPromptRequest(BASE, "a green square", blend_mask="contrast",
+                                                             mask_grow=2), save=False).blend_mask
+    assert torch.equal(wide, grown(plain, 2)) and wide.sum() >= plain.sum()
+    inverted = controller.invert(InversionRequest(replace(BASE, steps=3), source_image()))
+    out = controller.prompt_to_prompt(PromptToPromptRequest(BASE, "a green square", blend_mask="contrast",
+                                                            inverted=inverted), save=False)
+    unwidened = controller.prompt_to_prompt(PromptToPromptRequest(BASE, "a green square", blend_mask="contrast",
+                                                                  inverted=inverted, mask_grow=0), save=False)
+    assert torch.equal(out.blend_mask, grown(unwidened.blend_mask, 1))
 
 
 def test_source_estimate_stops_at_the_mask_noise_level(tiny_model):

@@ -36,7 +36,7 @@ from studio.editing.concepts import (
     ConceptDelta, ConceptEditSpec, compute_delta, concept_presets_for, edited_copy, load_delta, save_delta,
 )
 from studio.editing.inversion import NullTextEmbeddings, ddim_invert, null_text_optimize
-from studio.editing.contrast import (DEFAULT_SAMPLES, DEFAULT_STRENGTH, DEFAULT_THRESHOLD, contrast_mask,
+from studio.editing.contrast import (DEFAULT_SAMPLES, DEFAULT_STRENGTH, DEFAULT_THRESHOLD, contrast_mask, grown,
                                      source_x0_at_strength)
 from studio.editing.p2p import prompt_to_prompt_hooks
 from studio.engine.validate import size_rule
@@ -121,6 +121,11 @@ class PromptToPromptRequest:
     image, estimated by a render of the source that stops at the mask's noise level; the blend words are then
     unused).
 
+    ``mask_grow`` widens the contrast mask by that many latent pixels (a max-pool); ``None`` picks by source: 1 for
+    an inverted image, whose reconstruction's edges are softer so the thresholded mask misses the object's rim
+    (measured on 16 inverted scenes: the edit turned blue in 88% instead of 31%), 0 for a generated source, whose
+    mask already covers the object and where widening lets the edit spill.
+
     ``inverted`` edits a real image instead: the source is the inversion's reconstruction (its prompt, steps, CFG,
     size and DDIM sampler replace ``base``'s; with null-text embeddings when the inversion optimised them)."""
 
@@ -133,6 +138,7 @@ class PromptToPromptRequest:
     blend_words: tuple[str, ...] = ()
     inverted: InversionOutcome | None = None
     blend_mask: str = "attention"
+    mask_grow: int | None = None
 
 
 BLEND_MASKS = ("attention", "contrast")
@@ -247,6 +253,10 @@ class EditingController:
         if request.blend_mask not in BLEND_MASKS:
             raise InvalidRequest(f"blend_mask must be one of {', '.join(BLEND_MASKS)}, got {request.blend_mask!r}",
                                  "blend_mask")
+        grow = request.mask_grow
+        if grow is not None and not (isinstance(grow, int) and not isinstance(grow, bool) and 0 <= grow <= 4):
+            raise InvalidRequest(f"mask_grow widens the contrast mask by 0..4 latent pixels (or None: by source), "
+                                 f"got {grow!r}", "mask_grow")
         contrast = request.local_blend and request.blend_mask == "contrast"
         if contrast and base.prompt.strip() == request.target.strip():
             raise InvalidRequest("the noise-contrast mask compares the source and the edited prompt, which are the "
@@ -276,6 +286,8 @@ class EditingController:
                 x0 = source_x0_at_strength(self.engine, replace(base, batch_size=1, shared_seed=False),
                                            cancel=cancel, on_progress=progress.first if on_progress else None)
             mask = contrast_mask(self.model, x0, base.prompt, request.target, seed=base.seed, cancel=cancel)
+            grow = (1 if inverted is not None else 0) if grow is None else grow
+            mask = grown(mask, grow)
             t_mask = time.perf_counter() - t0
         # 3. hooks: per-image prompts, attention control, local blend
         hooks, _ = prompt_to_prompt_hooks(
@@ -290,7 +302,7 @@ class EditingController:
                                 "blend_mask": request.blend_mask if request.local_blend else None}}
         if mask is not None:
             controls["editing"]["contrast_mask"] = {"strength": DEFAULT_STRENGTH, "samples": DEFAULT_SAMPLES,
-                                                    "threshold": DEFAULT_THRESHOLD,
+                                                    "threshold": DEFAULT_THRESHOLD, "grow": grow,
                                                     "share_of_image": round(float(mask.mean()), 4),
                                                     "source_latents": "inverted image's reconstruction"
                                                     if inverted is not None else

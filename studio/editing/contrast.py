@@ -65,6 +65,14 @@ def contrast_mask(model, x0: torch.Tensor, source_prompt: str, target_prompt: st
     return (contrast_map(model, x0, source_prompt, target_prompt, **kwargs) > threshold).float()
 
 
+def grown(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """``mask`` ``(h, w)`` widened by ``pixels`` latent pixels in every direction (a square max-pool)."""
+    if pixels == 0:
+        return mask
+    size = 2 * pixels + 1
+    return torch.nn.functional.max_pool2d(mask[None, None], size, stride=1, padding=pixels)[0, 0]
+
+
 class _StopWhenSeen(CancelToken):
     """Stops a run once the wanted step has been seen (set), or when the user's token is cancelled."""
 

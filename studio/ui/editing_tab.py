@@ -187,7 +187,7 @@ class EditingHandlers:
 
     def prompt_to_prompt(self, session, use_edited, prompt, target, negative, seed, steps, cfg, sampler, cross,
                          self_fraction, reweight_word, reweight_factor, blend, on_inverted=False, blend_words="",
-                         blend_mask="attention"):
+                         blend_mask="attention", mask_grow="auto"):
         """Generator: yields (before/after gallery, progress, status) of a prompt-to-prompt edit (of the inverted
         input image when asked); the tab's Stop stops it."""
         session = session if session is not None else EditingSession()
@@ -204,7 +204,8 @@ class EditingHandlers:
             words = tuple(w.strip() for w in str(blend_words or "").split(",") if w.strip())
             request = PromptToPromptRequest(base, str(target or ""), float(cross), float(self_fraction), reweight,
                                             bool(blend), blend_words=words, inverted=inverted,
-                                            blend_mask=str(blend_mask or "attention"))
+                                            blend_mask=str(blend_mask or "attention"),
+                                            mask_grow=None if mask_grow in (None, "auto") else int(mask_grow))
         except USER_ERRORS as e:
             yield gr.skip(), gr.skip(), status_html(user_message(e), "error")
             return
@@ -386,6 +387,10 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
                                        ("noise contrast of the two prompts (DiffEdit; half-renders the source)",
                                         "contrast")], value="attention", label="Local-blend mask",
                                       elem_id="edit_p2p_blend_mask")
+                mask_grow = gr.Dropdown([("auto (1 for an inverted image, else 0)", "auto"), ("0", "0"), ("1", "1"),
+                                         ("2", "2"), ("3", "3"), ("4", "4")], value="auto",
+                                        label="Widen the noise-contrast mask (latent pixels)",
+                                        elem_id="edit_p2p_mask_grow")
                 on_inverted = gr.Checkbox(value=False, label="Edit the inverted input image (invert it first)",
                                           elem_id="edit_p2p_inverted")
                 p2p_run = gr.Button("Render source and edit", elem_id="edit_p2p_run")
@@ -442,7 +447,7 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
     p2p_run.click(handlers.prompt_to_prompt, inputs=[state, use_edited, prompt, p2p_target, negative, seed, steps,
                                                      cfg, sampler, cross, self_fraction, reweight_word,
                                                      reweight_factor, blend, on_inverted, blend_words,
-                                                     blend_mask],
+                                                     blend_mask, mask_grow],
                   outputs=[p2p_gallery, p2p_progress, p2p_status], **gpu)
     invert_run.click(handlers.invert, inputs=[state, use_edited, source, prompt, negative, seed, steps, cfg,
                                               null_text, inner_steps],
