@@ -75,6 +75,13 @@ def test_prompt_to_prompt_from_the_tab(handlers):
     _, status = p2p(handlers, EditingSession(), True, "a blue square", "a blue square", "", 2, 3, 5.0,
                                           "DPM++ 2M", 0.8, 0.4, "square", 2.0, True, False, "", "contrast")
     assert "use the attention mask" in status
+    shares = []
+    for grow in ("0", "2"):
+        gallery, status = p2p(handlers, EditingSession(), True, "a blue square", "a green square", "", 2, 3, 5.0,
+                              "DPM++ 2M", 0.8, 0.4, "", 1.0, True, False, "", "contrast", grow)
+        assert gallery[2][1] == "local-blend mask (noise contrast)"
+        shares.append(int(status.split("noise-contrast mask (")[1].split("%")[0]))
+    assert shares[1] > shares[0]  # the widened mask covers more
 
 
 def test_prompt_to_prompt_streams_progress_and_stops(handlers):

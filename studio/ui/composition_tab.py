@@ -23,7 +23,7 @@ from studio.engine import GenerationRequest
 
 from .errors import USER_ERRORS, status_html, unexpected_message, user_message
 from .generate_tab import FormLimits, progress_html
-from .streaming import Busy, RunSession, run_controls, run_error, stop_run, stream_run
+from .streaming import RunSession, run_controls, stop_run, stream_outputs
 
 N_PARTS = 4
 N_STAGE_ROWS = 2
@@ -179,23 +179,17 @@ class CompositionHandlers:
                 request, save=True, cancel=token, on_preview=lambda image, step, total: emit((image, step, total)),
                 on_progress=lambda step, total: emit((None, step, total)))
 
+        def on_events(batch):  # show the newest preview and the newest step, skip the rest
+            frames = [image for image, _, _ in batch if image is not None]
+            _, step, total = batch[-1]
+            return frames[-1] if frames else gr.skip(), gr.skip(), gr.skip(), progress_html(step, total), gr.skip()
+
         t0 = time.perf_counter()
-        try:
-            for kind, value in stream_run(session, work, "studio-compose"):
-                if kind == "events":  # show the newest preview and the newest step, skip the rest
-                    frames = [image for image, _, _ in value if image is not None]
-                    _, step, total = value[-1]
-                    yield (frames[-1] if frames else gr.skip(), gr.skip(), gr.skip(), progress_html(step, total),
-                           gr.skip())
-        except Busy as e:
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), status_html(str(e), "warning")
+        out = yield from stream_outputs(session, work, "studio-compose", "compose", on_events,
+                                        lambda progress, status: (gr.skip(), gr.skip(), gr.skip(), progress, status))
+        if out is None:
             return
         took = time.perf_counter() - t0
-        if kind == "error":
-            label, message, level = run_error(value, "compose")
-            yield gr.skip(), gr.skip(), gr.skip(), progress_html(0, 1, label), status_html(message, level)
-            return
-        out = value
         mono = out.comparison[0] if out.comparison else None
         rows = timeline_html(list(out.timeline)) if out.timeline else gr.skip()
         notes = "".join(f"\n{w}" for w in out.warnings)

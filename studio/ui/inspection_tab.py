@@ -23,7 +23,7 @@ from studio.inspection.figures import map_figure
 
 from .errors import USER_ERRORS, status_html, unexpected_message, user_message
 from .generate_tab import FormLimits, progress_html
-from .streaming import Busy, RunSession, run_controls, run_error, stop_run, stream_run
+from .streaming import RunSession, run_controls, stop_run, stream_outputs
 
 ALL = "all"
 EXPORT_PANELS = ("trajectory", "guidance", "attention", "classifier", "information")
@@ -71,22 +71,18 @@ class InspectionHandlers:
         except USER_ERRORS as e:
             yield gr.skip(), gr.skip(), gr.skip(), status_html(user_message(e), "error")
             return
+        def on_events(batch):  # the newest step only
+            last = batch[-1]
+            return (last.x0_image, last.attention_image if last.attention_image is not None else gr.skip(),
+                    progress_html(last.step + 1, last.num_steps), gr.skip())
+
         t0 = time.perf_counter()
-        try:
-            for kind, value in stream_run(session, lambda token, emit: self.controller.run(
-                    request, cancel=token, on_step=emit), "studio-inspect"):
-                if kind == "events":  # the newest step only
-                    last = value[-1]
-                    yield (last.x0_image, last.attention_image if last.attention_image is not None else gr.skip(),
-                           progress_html(last.step + 1, last.num_steps), gr.skip())
-        except Busy as e:
-            yield gr.skip(), gr.skip(), gr.skip(), status_html(str(e), "warning")
+        run = yield from stream_outputs(session, lambda token, emit: self.controller.run(
+            request, cancel=token, on_step=emit), "studio-inspect", "inspect", on_events,
+            lambda progress, status: (gr.skip(), gr.skip(), progress, status))
+        if run is None:
             return
-        if kind == "error":
-            label, message, level = run_error(value, "inspect")
-            yield gr.skip(), gr.skip(), progress_html(0, 1, label), status_html(message, level)
-            return
-        run = session.run = value
+        session.run = run
         overlay = self.controller.word_overlay(run, stream, float(opacity)) if stream else None
         took = time.perf_counter() - t0
         yield (run.image, overlay, progress_html(1, 1, f"{took:.1f} s"),

@@ -29,7 +29,7 @@ from studio.personalization.training import AUGMENTS, TrainingSpec
 
 from .errors import USER_ERRORS, status_html, user_message
 from .generate_tab import FormLimits, progress_html
-from .streaming import Busy, RunSession, run_controls, run_error, stop_run, stream_run
+from .streaming import RunSession, run_controls, stop_run, stream_outputs
 
 METHODS = ("textual-inversion", "prospect", "lora")
 LORA_SLOTS = 3
@@ -118,27 +118,23 @@ class PersonalizationHandlers:
                                          on_preview=lambda image, step: emit(("preview", image, step, None)),
                                          resume=not start_over)
 
+        def on_events(batch):
+            steps_seen = [e for e in batch if e[0] == "step"]
+            previews = [e for e in batch if e[0] == "preview"]
+            bar = gr.skip()
+            if steps_seen:
+                _, step, total, loss = steps_seen[-1]
+                bar = progress_html(step, total, f"loss {loss:.4f}")
+            return bar, previews[-1][1] if previews else gr.skip(), gr.skip(), *self._skips()
+
         t0 = time.perf_counter()
-        try:
-            for kind, value in stream_run(session, work, "studio-personalize"):
-                if kind == "events":
-                    steps_seen = [e for e in value if e[0] == "step"]
-                    previews = [e for e in value if e[0] == "preview"]
-                    bar = gr.skip()
-                    if steps_seen:
-                        _, step, total, loss = steps_seen[-1]
-                        bar = progress_html(step, total, f"loss {loss:.4f}")
-                    yield bar, previews[-1][1] if previews else gr.skip(), gr.skip(), *self._skips()
-        except Busy as e:
-            yield gr.skip(), gr.skip(), status_html(str(e), "warning"), *self._skips()
+        stopped = ("stopped" if method == "lora" else
+                   "stopped; Train again with the same settings to resume from the last checkpoint")
+        result = yield from stream_outputs(session, work, "studio-personalize", "training", on_events,
+                                           lambda progress, status: (progress, gr.skip(), status, *self._skips()),
+                                           stopped=stopped)
+        if result is None:
             return
-        if kind == "error":
-            label, message, level = run_error(value, "training")
-            if label == "stopped" and method != "lora":
-                message = "stopped; Train again with the same settings to resume from the last checkpoint"
-            yield progress_html(0, 1, label), gr.skip(), status_html(message, level), *self._skips()
-            return
-        result = value
         learned = getattr(result, "lora", None) or result.concept
         name = token.strip("<>") + ("-lora" if method == "lora" else "" if method == "textual-inversion"
                                     else "-stages")

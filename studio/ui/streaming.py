@@ -93,11 +93,12 @@ def stop_run(session: RunSession | None) -> str:
 
 
 def stream_outputs(session: RunSession, work: Callable[[CancelToken, Callable[[Any], None]], Any], name: str,
-                   context: str, on_events: Callable[[list], tuple], message: Callable[[Any, str], tuple]):
+                   context: str, on_events: Callable[[list], tuple], message: Callable[[Any, str], tuple],
+                   stopped: str = "stopped"):
     """Drive :func:`stream_run` for a handler that yields its outputs: ``on_events(batch)`` makes the outputs for
     each batch of emitted events; a busy session or a failed or stopped run yields ``message(progress, status)``
-    (``progress`` is ``gr.skip()`` when nothing ran). Returns the run's result, or None when it did not finish:
-    ``result = yield from stream_outputs(...)``."""
+    (``progress`` is ``gr.skip()`` when nothing ran; ``stopped`` is the status text of a stopped run). Returns the
+    run's result, or None when it did not finish: ``result = yield from stream_outputs(...)``."""
     import gradio as gr
 
     from .generate_tab import progress_html
@@ -111,6 +112,7 @@ def stream_outputs(session: RunSession, work: Callable[[CancelToken, Callable[[A
         return None
     if kind == "error":
         label, text, level = run_error(value, context)
+        text = stopped if label == "stopped" else text
         yield message(progress_html(0, 1, label), status_html(text, level))
         return None
     return value
