@@ -81,7 +81,7 @@ def test_prompt_to_prompt_from_the_tab(handlers):
                               "DPM++ 2M", 0.8, 0.4, "", 1.0, True, False, "", "contrast", grow)
         assert gallery[2][1] == "local-blend mask (noise contrast)"
         shares.append(int(status.split("noise-contrast mask (")[1].split("%")[0]))
-    assert shares[1] > shares[0]  # the widened mask covers more
+    assert shares[1] > shares[0] and "widened by 2 latent pixels" in status  # the widened mask covers more
 
 
 def test_prompt_to_prompt_streams_progress_and_stops(handlers):

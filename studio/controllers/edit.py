@@ -152,6 +152,7 @@ class PromptToPromptOutcome:
     blend_words: tuple[tuple[str, ...], tuple[str, ...]]
     saved: tuple = ()
     blend_mask: torch.Tensor | None = None  # (h, w) latent-grid contrast mask, when one was used
+    mask_grow: int = 0  # latent pixels the contrast mask was widened by
     timings: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -319,6 +320,7 @@ class EditingController:
         return PromptToPromptOutcome(source=outcome.images[0], edited=outcome.images[1],
                                      request=replace(outcome.request, batch_size=1, shared_seed=False),
                                      blend_words=blend, saved=outcome.saved, blend_mask=mask,
+                                     mask_grow=grow if mask is not None else 0,
                                      timings={**outcome.timings, "contrast_mask": t_mask,
                                               "total": time.perf_counter() - t0})
 

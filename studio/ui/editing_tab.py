@@ -230,7 +230,9 @@ class EditingHandlers:
         if out.blend_mask is not None:
             gallery.append((mask_picture(out.blend_mask, out.source.size), "local-blend mask (noise contrast)"))
             share = float(out.blend_mask.mean())
-            blend_note = f"; local blend inside the noise-contrast mask ({share:.0%} of the image)"
+            widened = (f", widened by {out.mask_grow} latent pixel{'s' if out.mask_grow > 1 else ''}"
+                       if out.mask_grow else "")
+            blend_note = f"; local blend inside the noise-contrast mask ({share:.0%} of the image{widened})"
         else:
             blend_note = f"; local blend on {', '.join(out.blend_words[1]) or '-'}" if blend else ""
         yield (gallery, progress_html(total, total, f"{time.perf_counter() - t0:.1f} s"),
