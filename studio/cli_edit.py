@@ -25,8 +25,9 @@ modes:
             unconditional embedding per step (--inner-steps, default 10) so the reconstruction holds at --cfg
   p2p       prompt-to-prompt: render --prompt and --target on the same noise, the target's attention controlled by
             the source's (--cross, --self fractions of the steps; --reweight word:factor; --no-blend;
-            --blend-mask attention|contrast: the local-blend mask from the blend words' attention, or DiffEdit's
-            noise contrast of the two prompts on the source, estimated by a half render; --mask-grow N widens
+            --blend-mask auto|attention|contrast: the local-blend mask from the blend words' attention, or
+            DiffEdit's noise contrast of the two prompts on the source, estimated by a half render; auto (the
+            default) takes the contrast when the prompts differ and no --blend-words are given; --mask-grow N widens
             the contrast mask by N latent pixels, default 1 for --image and 0 otherwise); writes
             the source to --out and the edit next to it as <out>-edit.png. With --image, edits that real image:
             it is inverted under --prompt first (its caption; DDIM, --steps default 50, --null-text as above)
@@ -72,9 +73,10 @@ def add_edit_parser(sub) -> None:
     p.add_argument("--no-blend", action="store_true", help="p2p: no local blending")
     p.add_argument("--blend-words", default="", metavar="W1,W2",
                    help="p2p: words whose attention makes the local-blend mask (default: the words that differ)")
-    p.add_argument("--blend-mask", default="attention", choices=["attention", "contrast"],
+    p.add_argument("--blend-mask", default="auto", choices=["auto", "attention", "contrast"],
                    help="p2p: where the local-blend mask comes from: the blend words' cross-attention (the paper's) "
-                        "or the two prompts' noise-prediction contrast on the source (DiffEdit)")
+                        "or the two prompts' noise-prediction contrast on the source (DiffEdit); auto (default): the "
+                        "contrast when the prompts differ and no --blend-words are given, else the attention")
     p.add_argument("--mask-grow", type=int, default=None, metavar="N",
                    help="p2p --blend-mask contrast: widen the mask by N (0..4) latent pixels (default: 1 for a "
                         "real --image, 0 for a generated source)")

@@ -322,7 +322,7 @@ def test_prompt_to_prompt_with_the_contrast_mask(tiny_model, tmp_path):
     assert out.blend_mask is not None and out.blend_mask.shape == (16, 16) and out.blend_words == ((), ())
     plain = Engine(tiny_model).generate(replace(BASE, width=64, height=64)).images[0]
     assert np.abs(np.asarray(out.source, int) - np.asarray(plain, int)).max() <= 1
-    with pytest.raises(InvalidRequest, match="blend_mask must be one of attention, contrast"):
+    with pytest.raises(InvalidRequest, match="blend_mask must be one of attention, contrast, auto"):
         controller.prompt_to_prompt(PromptToPromptRequest(BASE, "a green square", blend_mask="words"), save=False)
     with pytest.raises(InvalidRequest, match="for a reweighting edit use the attention mask"):
         controller.prompt_to_prompt(PromptToPromptRequest(BASE, BASE.prompt, reweight=(("square", 2.0),),
@@ -334,6 +334,17 @@ def test_prompt_to_prompt_with_the_contrast_mask(tiny_model, tmp_path):
     assert editing["blend_mask"] == "contrast" and 0 <= editing["contrast_mask"]["share_of_image"] <= 1
     assert editing["contrast_mask"]["source_latents"] == "the source's x0 estimate at the mask's noise level"
     assert editing["contrast_mask"]["grow"] == 0  # a generated source's mask is used as thresholded
+    # auto: the contrast mask for a swap, the attention mask for a reweighting or hand-picked blend words
+    auto = controller.prompt_to_prompt(PromptToPromptRequest(BASE, "a green square", blend_mask="auto"), save=False)
+    assert auto.blend_mask is not None and torch.equal(auto.blend_mask, out.blend_mask)
+    for request in (PromptToPromptRequest(BASE, BASE.prompt, reweight=(("square", 2.0),), blend_mask="auto"),
+                    PromptToPromptRequest(BASE, "a green square", blend_words=("square",), blend_mask="auto")):
+        assert controller.prompt_to_prompt(request, save=False).blend_mask is None
+    code, printed, err = run_cli(tiny_model, "p2p", "--prompt", "a blue square", "--target", "a green square",
+                                 "--steps", 3, "--out", tmp_path / "d.png")
+    assert code == 0, err
+    editing = read_image_settings(tmp_path / "d-edit.png").controls["editing"]
+    assert editing["blend_mask"] == "contrast" and editing["blend_mask_asked"] == "auto"
 
 
 def test_contrast_mask_grows_by_latent_pixels(tiny_model):

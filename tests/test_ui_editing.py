@@ -66,6 +66,10 @@ def p2p(handlers, *args):
 def test_prompt_to_prompt_from_the_tab(handlers):
     gallery, status = p2p(handlers, EditingSession(), True, "a blue square", "a green square", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4,
                                                 "square", 2.0, True)
+    assert [caption for _, caption in gallery] == ["source", "edited", "local-blend mask (noise contrast)"]
+    assert "noise-contrast mask" in status  # auto: the prompts differ
+    gallery, status = p2p(handlers, EditingSession(), True, "a blue square", "a green square", "", 2, 3, 5.0,
+                          "DPM++ 2M", 0.8, 0.4, "square", 2.0, True, False, "", "attention")
     assert [caption for _, caption in gallery] == ["source", "edited"] and "local blend on green" in status
     _, status = p2p(handlers, EditingSession(), True, "a blue square", "", "", 2, 3, 5.0, "DPM++ 2M", 0.8, 0.4, "", 1.0, True)
     assert "write the edited prompt" in status
@@ -117,7 +121,8 @@ def test_invert_then_prompt_to_prompt_on_the_real_image(handlers):
     assert session.inverted is not None and session.inverted.null_embeddings.shape[0] == 3
     gallery, status = p2p(handlers, session, True, "ignored", "a green square", "", 2, 3, 5.0, "DDIM",
                                                 0.8, 0.4, "", 1.0, True, True)
-    assert [c for _, c in gallery] == ["source", "edited"] and "prompt-to-prompt done" in status
+    assert [c for _, c in gallery] == ["source", "edited", "local-blend mask (noise contrast)"]
+    assert "prompt-to-prompt done" in status and "widened by 1 latent pixel)" in status  # auto, inverted: widened
     gallery, status = p2p(handlers, session, True, "ignored", "a green square", "", 2, 3, 5.0, "DDIM",
                                                 0.8, 0.4, "", 1.0, True, True, "", "contrast")
     assert [c for _, c in gallery] == ["source", "edited", "local-blend mask (noise contrast)"]

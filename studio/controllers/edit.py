@@ -119,7 +119,9 @@ class PromptToPromptRequest:
     ``blend_mask`` says where the local-blend mask comes from: ``"attention"`` (the paper's: the blend words'
     cross-attention) or ``"contrast"`` (DiffEdit's: where the two prompts' noise predictions differ on the source
     image, estimated by a render of the source that stops at the mask's noise level; the blend words are then
-    unused).
+    unused), or ``"auto"``: the contrast mask when the prompts differ (on Tiny World it keeps the edit inside the
+    object far more often, see the README), the attention mask for a reweighting of the same prompt or when blend
+    words are given.
 
     ``mask_grow`` widens the contrast mask by that many latent pixels (a max-pool); ``None`` picks by source: 1 for
     an inverted image, whose reconstruction's edges are softer so the thresholded mask misses the object's rim
@@ -141,7 +143,7 @@ class PromptToPromptRequest:
     mask_grow: int | None = None
 
 
-BLEND_MASKS = ("attention", "contrast")
+BLEND_MASKS = ("attention", "contrast", "auto")
 
 
 @dataclass(frozen=True)
@@ -258,12 +260,16 @@ class EditingController:
         if grow is not None and not (isinstance(grow, int) and not isinstance(grow, bool) and 0 <= grow <= 4):
             raise InvalidRequest(f"mask_grow widens the contrast mask by 0..4 latent pixels (or None: by source), "
                                  f"got {grow!r}", "mask_grow")
-        contrast = request.local_blend and request.blend_mask == "contrast"
-        if contrast and base.prompt.strip() == request.target.strip():
-            raise InvalidRequest("the noise-contrast mask compares the source and the edited prompt, which are the "
-                                 "same here; for a reweighting edit use the attention mask", "blend_mask")
         if inverted is not None:
             base = replace(inverted.request, batch_size=2, shared_seed=True)
+        same_prompt = base.prompt.strip() == request.target.strip()
+        mask_kind = request.blend_mask
+        if mask_kind == "auto":  # blend words given by hand only make sense for the attention mask
+            mask_kind = "attention" if same_prompt or request.blend_words else "contrast"
+        contrast = request.local_blend and mask_kind == "contrast"
+        if contrast and same_prompt:
+            raise InvalidRequest("the noise-contrast mask compares the source and the edited prompt, which are the "
+                                 "same here; for a reweighting edit use the attention mask", "blend_mask")
         base = self.generator.prepare(replace(base, batch_size=2, shared_seed=True))
         source_words, target_words = _words(base.prompt), _words(request.target)
         blend = ((), ())  # the attention mask's words (none with the contrast mask)
@@ -300,7 +306,9 @@ class EditingController:
                                 "self_fraction": float(request.self_fraction),
                                 "reweight": [[w, float(f)] for w, f in request.reweight],
                                 "local_blend": [list(blend[0]), list(blend[1])],
-                                "blend_mask": request.blend_mask if request.local_blend else None}}
+                                "blend_mask": mask_kind if request.local_blend else None}}
+        if request.local_blend and request.blend_mask == "auto":
+            controls["editing"]["blend_mask_asked"] = "auto"
         if mask is not None:
             controls["editing"]["contrast_mask"] = {"strength": DEFAULT_STRENGTH, "samples": DEFAULT_SAMPLES,
                                                     "threshold": DEFAULT_THRESHOLD, "grow": grow,

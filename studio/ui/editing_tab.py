@@ -187,7 +187,7 @@ class EditingHandlers:
 
     def prompt_to_prompt(self, session, use_edited, prompt, target, negative, seed, steps, cfg, sampler, cross,
                          self_fraction, reweight_word, reweight_factor, blend, on_inverted=False, blend_words="",
-                         blend_mask="attention", mask_grow="auto"):
+                         blend_mask="auto", mask_grow="auto"):
         """Generator: yields (before/after gallery, progress, status) of a prompt-to-prompt edit (of the inverted
         input image when asked); the tab's Stop stops it."""
         session = session if session is not None else EditingSession()
@@ -204,7 +204,7 @@ class EditingHandlers:
             words = tuple(w.strip() for w in str(blend_words or "").split(",") if w.strip())
             request = PromptToPromptRequest(base, str(target or ""), float(cross), float(self_fraction), reweight,
                                             bool(blend), blend_words=words, inverted=inverted,
-                                            blend_mask=str(blend_mask or "attention"),
+                                            blend_mask=str(blend_mask or "auto"),
                                             mask_grow=None if mask_grow in (None, "auto") else int(mask_grow))
         except USER_ERRORS as e:
             yield gr.skip(), gr.skip(), status_html(user_message(e), "error")
@@ -385,9 +385,10 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
                     blend = gr.Checkbox(value=True, label="Local blend (keep the rest)", elem_id="edit_p2p_blend")
                     blend_words = gr.Textbox(label="Local-blend words (optional, comma-separated; default: the "
                                              "changed words)", placeholder="e.g. circle", elem_id="edit_p2p_blend_words")
-                blend_mask = gr.Radio([("cross-attention of the blend words (prompt-to-prompt)", "attention"),
+                blend_mask = gr.Radio([("auto (noise contrast when the prompts differ, else attention)", "auto"),
+                                       ("cross-attention of the blend words (prompt-to-prompt)", "attention"),
                                        ("noise contrast of the two prompts (DiffEdit; half-renders the source)",
-                                        "contrast")], value="attention", label="Local-blend mask",
+                                        "contrast")], value="auto", label="Local-blend mask",
                                       elem_id="edit_p2p_blend_mask")
                 mask_grow = gr.Dropdown([("auto (1 for an inverted image, else 0)", "auto"), ("0", "0"), ("1", "1"),
                                          ("2", "2"), ("3", "3"), ("4", "4")], value="auto",
