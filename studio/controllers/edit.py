@@ -125,8 +125,8 @@ class PromptToPromptRequest:
 
     ``mask_grow`` widens the contrast mask by that many latent pixels (a max-pool); ``None`` picks by source: 1 for
     an inverted image, whose reconstruction's edges are softer so the thresholded mask misses the object's rim
-    (measured on 16 inverted scenes: the edit turned blue in 88% instead of 31%), 0 for a generated source, whose
-    mask already covers the object and where widening lets the edit spill.
+    (on 100 inverted Tiny World scenes the edit turned blue in 75% instead of 27%), 0 for a generated source, whose
+    mask already covers the object and where widening lets a drifting edit show.
 
     ``inverted`` edits a real image instead: the source is the inversion's reconstruction (its prompt, steps, CFG,
     size and DDIM sampler replace ``base``'s; with null-text embeddings when the inversion optimised them)."""

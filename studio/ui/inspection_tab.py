@@ -71,6 +71,7 @@ class InspectionHandlers:
         except USER_ERRORS as e:
             yield gr.skip(), gr.skip(), gr.skip(), status_html(user_message(e), "error")
             return
+
         def on_events(batch):  # the newest step only
             last = batch[-1]
             return (last.x0_image, last.attention_image if last.attention_image is not None else gr.skip(),
