@@ -116,7 +116,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def p2p(model, n: int, seed0: int, cross: float, self_fraction: float, blend: bool,
-        blend_words: tuple[str, ...], blend_mask: str = "attention", other: bool = True) -> dict:
+        blend_words: tuple[str, ...], blend_mask: str = "attention", other: bool = True,
+        mask_grow: int | None = None) -> dict:
     controller = EditingController(model)
     rng = random.Random(seed0)
     blue = circle_kept = circle_cases = blue_given_source = other_kept = other_cases = 0
@@ -128,8 +129,8 @@ def p2p(model, n: int, seed0: int, cross: float, self_fraction: float, blend: bo
         base = replace(controller.defaults(), prompt=f"a large red circle{tail}", seed=seed0 + i)
         out = controller.prompt_to_prompt(PromptToPromptRequest(base, f"a large blue circle{tail}", cross,
                                                                 self_fraction, local_blend=blend,
-                                                                blend_words=blend_words, blend_mask=blend_mask),
-                                          save=False)
+                                                                blend_words=blend_words, blend_mask=blend_mask,
+                                                                mask_grow=mask_grow), save=False)
         source, edited = analyze(out.source).objects, analyze(out.edited).objects
         circles = [o for o in edited if o.shape == "circle"]
         ok = len(circles) == 1 and circles[0].colour == "blue"
@@ -147,6 +148,8 @@ def p2p(model, n: int, seed0: int, cross: float, self_fraction: float, blend: bo
                               for e in edited)
     return {"seeds": n, "cross_fraction": cross, "self_fraction": self_fraction, "local_blend": blend,
             "blend_mask": blend_mask, "blend_words": list(blend_words) if blend_mask == "attention" else [],
+            "mask_grow": ("default (0 for generated)" if mask_grow is None else mask_grow)
+            if blend_mask == "contrast" else None,
             "other_object_in_prompt": other, "edit_has_one_blue_circle": blue / n,
             "seeds_with_one_red_source_circle": circle_cases,
             "one_blue_circle_where_source_has_one_red_circle": blue_given_source / max(circle_cases, 1),
@@ -366,8 +369,8 @@ def main() -> int:
                    help="p2p: the local-blend mask from the blend words' attention (the paper) or from the two "
                         "prompts' noise-prediction contrast on the source (DiffEdit)")
     p.add_argument("--mask-grow", type=int, default=None,
-                   help="p2p-real with --blend-mask contrast: widen the mask by this many latent pixels (default: "
-                        "the controller's, 1 for inverted images)")
+                   help="p2p, p2p-real with --blend-mask contrast: widen the mask by this many latent pixels "
+                        "(default: the controller's, 1 for inverted images, 0 for generated sources)")
     p.add_argument("--p2p-single", action="store_true",
                    help="p2p: one-object prompts ('a large red circle on a <background> background'), no other object")
     p.add_argument("--threads", type=int, default=None)
@@ -392,7 +395,7 @@ def main() -> int:
     if "p2p" in parts:
         t0 = time.perf_counter()
         r = results["p2p"] = p2p(model, args.n, 80_000, args.cross, args.self_fraction, not args.no_blend,
-                                 blend_words, args.blend_mask, not args.p2p_single)
+                                 blend_words, args.blend_mask, not args.p2p_single, args.mask_grow)
         results["seconds"]["p2p"] = round(time.perf_counter() - t0, 1)
         print_table(["seeds", "one blue circle", "source has one red circle", "blue there", "circle IoU >= 0.8",
                      "other objects unchanged"],
