@@ -86,6 +86,8 @@ def test_prompt_to_prompt_from_the_tab(handlers):
         assert gallery[2][1] == "local-blend mask (noise contrast)"
         shares.append(int(status.split("noise-contrast mask (")[1].split("%")[0]))
     assert shares[1] > shares[0] and "widened by 2 latent pixels" in status  # the widened mask covers more
+    assert handlers.mask_grow_field("attention")["interactive"] is False
+    assert handlers.mask_grow_field("auto")["interactive"] is True
 
 
 def test_prompt_to_prompt_streams_progress_and_stops(handlers):

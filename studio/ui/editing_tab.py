@@ -238,6 +238,11 @@ class EditingHandlers:
         yield (gallery, progress_html(total, total, f"{time.perf_counter() - t0:.1f} s"),
                status_html(f"prompt-to-prompt done (seed {out.request.seed}){blend_note}", "ok"))
 
+    @staticmethod
+    def mask_grow_field(blend_mask):
+        """The widening applies to the noise-contrast mask only: greyed out with the attention mask."""
+        return gr.update(interactive=blend_mask != "attention")
+
     def stop(self, session: EditingSession):
         return stop_run(session)
 
@@ -447,6 +452,7 @@ def build_editing_tab(handlers: EditingHandlers, state: gr.State) -> None:
     form = [mode, source, editor, prompt, negative, seed, steps, cfg, sampler, strength, feather, side, pixels]
     run.click(handlers.run, inputs=[state, use_edited, *form], outputs=[result, progress, status], **gpu)
     stop.click(handlers.stop, inputs=[state], outputs=[status], **light)
+    blend_mask.change(handlers.mask_grow_field, inputs=[blend_mask], outputs=[mask_grow], **light)
     p2p_run.click(handlers.prompt_to_prompt, inputs=[state, use_edited, prompt, p2p_target, negative, seed, steps,
                                                      cfg, sampler, cross, self_fraction, reweight_word,
                                                      reweight_factor, blend, on_inverted, blend_words,
