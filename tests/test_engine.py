@@ -200,6 +200,23 @@ def test_cancel_stops_within_one_step(tiny_model):
     assert calls == []
 
 
+def test_stop_after_step_runs_the_first_steps_only_and_matches_the_full_run(tiny_model):
+    engine = Engine(tiny_model)
+    full: list = []
+    engine.generate(REQ, on_step=full.append)
+    early: list = []
+    with unet_calls(tiny_model.unet) as calls:
+        result = engine.generate(REQ, on_step=early.append, stop_after_step=1)
+    assert len(calls) == 2 and [e.step for e in early] == [0, 1]
+    assert result.images == []  # not decoded: its latents are still noisy
+    for a, b in zip(early, full):
+        assert torch.allclose(a.x0_pred, b.x0_pred, atol=1e-6)
+    assert engine.timesteps(REQ.sampler, REQ.steps) == [e.timestep for e in full]
+    for bad in (-1, REQ.steps):
+        with pytest.raises(InvalidRequest, match="stop_after_step must be a step"):
+            engine.generate(REQ, stop_after_step=bad)
+
+
 class ScaleEdit:
     """Scales the cond embeddings from ``from_step`` on (1.0 = identity)."""
 

@@ -25,7 +25,7 @@ from studio.composition import (
     BLEND_MODES, BlendEdit, Region, RegionalGuidance, StagePrompt, StagePrompts, check_regions, check_stages,
     stages_of_steps, timeline,
 )
-from studio.engine import CancelToken, GenerationRequest, InvalidRequest, RunHooks, make_scheduler
+from studio.engine import CancelToken, GenerationRequest, InvalidRequest, RunHooks
 from studio.engine.conditioning import encode_texts
 from studio.errors import check_text_item
 from studio.prompting import parse, plain_text, schedule
@@ -203,9 +203,8 @@ class CompositionController:
 
     def step_stages(self, base: GenerationRequest) -> list[int]:
         """The stage (1..10, sampling order) of every step of ``base``'s sampler and step count."""
-        scheduler = make_scheduler(self.model.scheduler_config, base.sampler)
-        scheduler.set_timesteps(base.steps)
-        return stages_of_steps(scheduler.timesteps, int(scheduler.config.num_train_timesteps))
+        timesteps = self.generator.engine.timesteps(base.sampler, base.steps)
+        return stages_of_steps(timesteps, int(self.model.scheduler_config["num_train_timesteps"]))
 
     def timeline(self, base: GenerationRequest, stages: tuple[StagePrompt, ...]) -> list[dict]:
         check_stages(stages)

@@ -26,7 +26,6 @@ from PIL import Image
 from studio.attributes.directions import subject_token_indices
 from studio.engine import (
     SAMPLERS, CancelToken, Engine, GenerationRequest, InvalidRequest, LatentCache, RunHooks, StartLatents,
-    make_scheduler,
 )
 from studio.engine.conditioning import plan_prompts
 from studio.inspection import CrossAttentionRecorder
@@ -363,9 +362,7 @@ class InspectionController:
 
         # 3. another sampler: re-enter its schedule at the nearest timestep with the recorded x_t
         rec = run.trajectory.records[step]
-        scheduler = make_scheduler(self.model.scheduler_config, new.sampler)
-        scheduler.set_timesteps(new.steps)
-        timesteps = [int(t) for t in scheduler.timesteps]
+        timesteps = self.engine.timesteps(new.sampler, new.steps)
         j = min(range(len(timesteps)), key=lambda k: abs(timesteps[k] - rec.timestep))
         warnings = []
         if timesteps[j] != rec.timestep:

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from studio.engine import Cancelled, CancelToken, InvalidRequest
+from studio.engine import CancelToken, InvalidRequest
 from studio.engine.conditioning import encode_texts
-from studio.engine.samplers import make_scheduler
 from studio.inspection.denoising import alphas_cumprod, predict_epsilon
 
 DEFAULT_STRENGTH = 0.5
@@ -73,18 +72,6 @@ def grown(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     return torch.nn.functional.max_pool2d(mask[None, None], size, stride=1, padding=pixels)[0, 0]
 
 
-class _StopWhenSeen(CancelToken):
-    """Stops a run once the wanted step has been seen (set), or when the user's token is cancelled."""
-
-    def __init__(self, user: CancelToken | None) -> None:
-        super().__init__()
-        self.user = user
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set() or (self.user is not None and self.user.cancelled)
-
-
 def source_x0_at_strength(engine, request, *, strength: float = DEFAULT_STRENGTH, cancel: CancelToken | None = None,
                           on_progress=None) -> torch.Tensor:
     """The source's clean latents ``(C, h, w)`` as its own render estimates them at noise level ``strength``: the
@@ -98,7 +85,6 @@ def source_x0_at_strength(engine, request, *, strength: float = DEFAULT_STRENGTH
         raise InvalidRequest(f"the source estimate renders one image, got batch size {request.batch_size}",
                              "batch_size")
     wanted = _nearest_step(engine, request, strength * (len(alphas_cumprod(engine.model)) - 1))
-    stop = _StopWhenSeen(cancel)
     seen: dict[str, torch.Tensor] = {}
 
     # 2. render until that step; keep its x0 prediction
@@ -107,19 +93,12 @@ def source_x0_at_strength(engine, request, *, strength: float = DEFAULT_STRENGTH
             on_progress(event.step + 1, wanted + 1)
         if event.step == wanted:
             seen["x0"] = event.x0_pred[0].detach().float().cpu()
-            stop.cancel()
 
-    try:
-        engine.generate(request, cancel=stop, on_step=on_step)
-    except Cancelled:
-        if "x0" not in seen:
-            raise
+    engine.generate(request, cancel=cancel, on_step=on_step, stop_after_step=wanted)
     return seen["x0"]
 
 
 def _nearest_step(engine, request, target: float) -> int:
     """Index of the request's timestep nearest ``target`` (the sampler's own schedule)."""
-    scheduler = make_scheduler(engine.model.scheduler_config, request.sampler)
-    scheduler.set_timesteps(request.steps)
-    steps = [int(t) for t in scheduler.timesteps]
+    steps = engine.timesteps(request.sampler, request.steps)
     return min(range(len(steps)), key=lambda i: abs(steps[i] - target))

@@ -52,9 +52,12 @@ class Engine:
 
     def generate(self, req: GenerationRequest, *, hooks: RunHooks | None = None, cancel: CancelToken | None = None,
                  on_step: Callable[[StepEvent], None] | None = None, cache: LatentCache | None = None,
-                 resume_from_step: int | None = None, start: StartLatents | None = None) -> GenerationResult:
+                 resume_from_step: int | None = None, start: StartLatents | None = None,
+                 stop_after_step: int | None = None) -> GenerationResult:
         """Generate ``req``; see the package docstring for hooks, cancel and cache. ``start`` begins part-way from
-        given latents (see :class:`StartLatents`); it can't be combined with a cache."""
+        given latents (see :class:`StartLatents`); it can't be combined with a cache. ``stop_after_step`` ends the
+        run after that step (0-based) and its callbacks, without decoding: the result has no images and its
+        ``latents`` are the sampler's latents after that step (for callers that only need an early step's event)."""
         t_start = perf_counter()
         hooks = hooks or RunHooks()
         # 1. validate (before touching the model)
@@ -62,6 +65,10 @@ class Engine:
         scheduler = make_scheduler(self.model.scheduler_config, req.sampler)
         scheduler.set_timesteps(req.steps, device=self.model.device)
         num_steps = len(scheduler.timesteps)
+        first_step = start.step if start is not None else resume_from_step or 0
+        if stop_after_step is not None and not first_step <= stop_after_step < num_steps:
+            raise InvalidRequest(f"stop_after_step must be a step the run takes ({first_step}..{num_steps - 1}), "
+                                 f"got {stop_after_step!r}", "stop_after_step")
         prompts, combiner, _ = self._roles(req, hooks, num_steps)
         width, height = req.width or self.model.default_size, req.height or self.model.default_size
         seeds = [req.seed if req.shared_seed else (req.seed + i) % SEED_MODULUS for i in range(req.batch_size)]
@@ -98,23 +105,32 @@ class Engine:
 
             # 4. denoise
             t0 = perf_counter()
-            latents = self._denoise(req, scheduler, latents, start_step, cond, combiner, hooks,
+            end = num_steps if stop_after_step is None else stop_after_step + 1
+            latents = self._denoise(req, scheduler, latents, start_step, end, cond, combiner, hooks,
                                     generators, callbacks, cancel, cache)
             timings["denoise"] = self._elapsed(t0)
 
-            # 5. decode
-            _check(cancel)
-            t0 = perf_counter()
-            pixels = self.decode(latents)
-            timings["decode"] = self._elapsed(t0)
+            # 5. decode (not for a run stopped early: its latents are still noisy)
+            pixels = None
+            if stop_after_step is None:
+                _check(cancel)
+                t0 = perf_counter()
+                pixels = self.decode(latents)
+                timings["decode"] = self._elapsed(t0)
 
         # 6. package
-        images = [Image.fromarray(a) for a in to_uint8(pixels)]
-        steps_run = max(1, len(scheduler.timesteps) - (start.step if start is not None else resume_from_step or 0))
+        images = [] if pixels is None else [Image.fromarray(a) for a in to_uint8(pixels)]
+        steps_run = max(1, end - start_step)
         timings["per_step"] = timings["denoise"] / steps_run
         timings["total"] = perf_counter() - t_start
         return GenerationResult(images=images, latents=latents, request=req, seeds=seeds, timings=timings,
                                 warnings=warnings)
+
+    def timesteps(self, sampler: str, steps: int) -> list[int]:
+        """The training-schedule timesteps a run of ``steps`` ``sampler`` steps visits, in sampling order."""
+        scheduler = make_scheduler(self.model.scheduler_config, sampler)
+        scheduler.set_timesteps(steps)
+        return [int(t) for t in scheduler.timesteps]
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -137,9 +153,9 @@ class Engine:
 
     # ------------------------------------------------------------------ stages
 
-    def _denoise(self, req, scheduler, latents, start, cond: Conditioning, combiner, hooks: RunHooks, generators,
-                 callbacks, cancel, cache):
-        """Steps ``start..end`` of the loop; returns the final latents."""
+    def _denoise(self, req, scheduler, latents, start, end, cond: Conditioning, combiner, hooks: RunHooks,
+                 generators, callbacks, cancel, cache):
+        """Steps ``start..end - 1`` of the loop; returns the latents after the last of them."""
         edits, latent_edits = hooks.embedding_edits, hooks.latent_edits
         unet, batch = self.model.unet, req.batch_size
         roles = cond.roles
@@ -149,7 +165,7 @@ class Engine:
         static = None
         if not edits and cond.plan.static:
             static = torch.cat([cond.at(r, 0).expand(batch, -1, -1) for r in roles])
-        for i in range(start, num_steps):
+        for i in range(start, end):
             t = timesteps[i]
             # 4a. cancel point + trajectory record
             _check(cancel)

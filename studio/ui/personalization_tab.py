@@ -24,7 +24,6 @@ from studio.controllers.personalize import (
 from studio.personalization.formats import save_concept
 from studio.personalization.library import ConceptLibrary, check_name
 from studio.personalization.lora import LoraSpec, LoraWeights, save_lora
-from studio.personalization.tokens import LearnedConcept
 from studio.personalization.training import AUGMENTS, TrainingSpec
 
 from .errors import USER_ERRORS, status_html, user_message
