@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -302,3 +303,51 @@ def test_prefix_mask_hides_the_end_of_a_share_of_captions():
         hidden = unet(x, t, enc, encoder_attention_mask=mask[:2].clone().fill_(1).index_fill_(1, torch.tensor([5, 6, 7]), 0)).sample
     assert torch.allclose(plain, ones, atol=1e-5)
     assert not torch.allclose(plain, hidden, atol=1e-3)
+
+
+CHROMA = MODEL.parent / "tinyworld-chroma"
+
+
+def test_chroma_map_keeps_luminance_and_scales_chroma():
+    """scripts/chroma_latents.py's map: the latent's luminance read-out is unchanged, both chroma read-outs are
+    multiplied by the scale, and the map is invertible (the VAE folds it in and out exactly)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("chroma_latents", MODEL.parents[1] / "scripts" / "chroma_latents.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    gen = torch.Generator().manual_seed(0)
+    readout = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    root = torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    a = module.chroma_map(readout, root @ root.T + torch.eye(4, dtype=torch.float64), 0.4)
+    y = readout @ module.LUMA
+    chroma = readout @ torch.stack([torch.tensor([1.0, 0, 0], dtype=torch.float64) - module.LUMA,
+                                    torch.tensor([0, 0, 1.0], dtype=torch.float64) - module.LUMA], 1)
+    assert torch.allclose(y @ a, y) and torch.allclose(chroma.T @ a, 0.4 * chroma.T)
+    assert torch.linalg.det(a).abs() > 1e-3
+
+
+@pytest.mark.skipif(not CHROMA.exists(), reason="assets/tinyworld-chroma not present")
+def test_chroma_candidate_loads_like_any_folder_and_round_trips_scenes():
+    """The chroma candidate is a plain diffusers folder: its VAE (with the map folded in) reconstructs a drawn scene
+    as well as the default's, and it draws what it is asked for."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    from studio.models import load_model
+    from studio.tinyworld.scenes import generate_scene
+
+    model = load_model(str(CHROMA), device="cpu")
+    assert model.weights_hash == "1ffbbbd86dd0" and model.prediction_type == "v_prediction"
+    image = torch.from_numpy(np.asarray(generate_scene(5).image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    errors = []
+    for folder in (MODEL, CHROMA):
+        vae = AutoencoderKL.from_pretrained(str(folder / "vae")).float()
+        with torch.no_grad():
+            errors.append(float(((vae.decode(vae.encode(image).latent_dist.mean).sample - image) ** 2).mean()))
+    assert errors[1] < 1.05 * errors[0] + 1e-5
+    pipe = StableDiffusionPipeline.from_pretrained(str(CHROMA))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a large blue square on a white background", num_inference_steps=12, guidance_scale=3.0, height=64,
+               width=64, generator=torch.Generator().manual_seed(1)).images[0]
+    seen = analyze(out).objects
+    assert len(seen) == 1 and seen[0].shape == "square" and seen[0].colour == "blue"
