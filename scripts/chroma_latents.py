@@ -11,7 +11,8 @@ mean rows: z' = A z) and its inverse into ``post_quant_conv``, so encode/decode 
 keeps the luminance read-out of the latent (``latent_preview.json``) and multiplies the two chroma read-outs
 (R - Y, B - Y) by s. The UNet's ``conv_in`` gets A^-1 and ``conv_out`` gets A, so on clean latents it computes what
 it did before; the noise is isotropic in the new space, so the UNet must then be fine-tuned
-(``python -m studio.tinyworld.train --init-from OUT ...``).
+(``python -m studio.tinyworld.train --init-from OUT ...``). ``latent_stats.safetensors`` is copied unchanged, so in
+OUT it still describes the old space; the fine-tune's export stage refits it (and the preview map) from its latents.
 
     python scripts/chroma_latents.py --model assets/tinyworld --scale 0.45 --out /tmp/tw_chroma/init
 """
