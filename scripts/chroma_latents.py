@@ -44,42 +44,50 @@ def latent_covariance(vae: AutoencoderKL, n_scenes: int) -> torch.Tensor:
     return torch.cov(flat.T)
 
 
-def chroma_map(readout: torch.Tensor, cov: torch.Tensor, scale: float) -> torch.Tensor:
-    """A (4x4) with y^T A = y^T for the luminance read-out y and c^T A = scale c^T for the two chroma read-outs.
+def chroma_map(readout: torch.Tensor, cov: torch.Tensor, scale: float, luma: float = 1.0) -> torch.Tensor:
+    """A (4x4) with c^T A = scale c^T for the two chroma read-outs c and y^T A = luma y^T for the luminance
+    read-out y (1: kept).
 
-    ``readout`` is the 4x3 latent -> RGB matrix. A = I - (1 - scale) U (C^T U)^-1 C^T with U the latent directions
-    along which chroma varies in the data (cov C), made blind to luminance (y^T U = 0)."""
+    ``readout`` is the 4x3 latent -> RGB matrix. A = I - (1 - scale) U (C^T U)^-1 C^T - (1 - luma) v (y^T v)^-1 y^T
+    with U the latent directions along which chroma varies in the data (cov C), made blind to luminance (y^T U = 0),
+    and v the direction along which luminance varies, made blind to chroma (C^T v = 0)."""
     y = readout @ LUMA  # (4,)
     chroma = torch.stack([torch.tensor([1.0, 0, 0], dtype=torch.float64) - LUMA,
                           torch.tensor([0, 0, 1.0], dtype=torch.float64) - LUMA], 1)  # R-Y, B-Y
     c = readout @ chroma  # (4, 2)
     u = cov @ c
     w = cov @ y
-    u = u - torch.outer(w, y @ u) / (y @ w)
-    projection = u @ torch.linalg.inv(c.T @ u) @ c.T
-    return torch.eye(4, dtype=torch.float64) - (1 - scale) * projection
+    u_blind = u - torch.outer(w, y @ u) / (y @ w)
+    chroma_part = u_blind @ torch.linalg.inv(c.T @ u_blind) @ c.T
+    v = w - u @ torch.linalg.solve(c.T @ u, c.T @ w)
+    luma_part = torch.outer(v, y) / (y @ v)
+    return torch.eye(4, dtype=torch.float64) - (1 - scale) * chroma_part - (1 - luma) * luma_part
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=Path("assets/tinyworld"))
     p.add_argument("--scale", type=float, default=0.45, help="factor on the chroma read-outs (0 < s <= 1)")
+    p.add_argument("--luma-scale", type=float, default=1.0,
+                   help="factor on the luminance read-out (1: kept; > 1 settles layout earlier)")
     p.add_argument("--n-scenes", type=int, default=2000)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     if not 0 < args.scale <= 1:
         raise SystemExit(f"--scale must be in (0, 1], got {args.scale}")
+    if not 0.25 <= args.luma_scale <= 4:
+        raise SystemExit(f"--luma-scale must be in [0.25, 4], got {args.luma_scale}")
 
     # 1. the latent's colour read-outs and its per-pixel covariance
     preview = json.loads((args.model / "latent_preview.json").read_text())
     readout = torch.tensor(preview["matrix"], dtype=torch.float64)  # (4, 3): rgb = z @ matrix + bias
     vae = AutoencoderKL.from_pretrained(args.model / "vae").float().eval()
     cov = latent_covariance(vae, args.n_scenes)
-    a = chroma_map(readout, cov, args.scale)
+    a = chroma_map(readout, cov, args.scale, args.luma_scale)
     a_inv = torch.linalg.inv(a)
     y = readout @ LUMA
     print("A =\n", a.numpy().round(4))
-    print("luminance read-out kept:", torch.allclose(y @ a, y))
+    print("luminance read-out scaled as asked:", torch.allclose(y @ a, args.luma_scale * y))
     print("latent variance before / after:", float(torch.trace(cov)), float(torch.trace(a @ cov @ a.T)))
 
     # 2. fold A into the VAE (latent mean rows of quant_conv; A^-1 before post_quant_conv)
@@ -108,10 +116,10 @@ def main() -> None:
         shutil.rmtree(args.out / part)
         module.to(torch.float16).save_pretrained(args.out / part, safe_serialization=True)
     readout_new = a_inv.T @ readout  # rgb = (A^-1 z') @ matrix
-    preview.update(matrix=readout_new.float().tolist(), note=f"chroma read-outs scaled by {args.scale}")
+    preview.update(matrix=readout_new.float().tolist(), note=f"chroma read-outs scaled by {args.scale}, luminance by {args.luma_scale}")
     (args.out / "latent_preview.json").write_text(json.dumps(preview, indent=2))
     (args.out / "chroma_transform.json").write_text(json.dumps(
-        {"scale": args.scale, "from": str(args.model), "A": a.tolist(), "n_scenes": args.n_scenes}, indent=2))
+        {"scale": args.scale, "luma_scale": args.luma_scale, "from": str(args.model), "A": a.tolist(), "n_scenes": args.n_scenes}, indent=2))
     print("wrote", args.out)
 
 

@@ -309,8 +309,8 @@ CHROMA = MODEL.parent / "tinyworld-chroma"
 
 
 def test_chroma_map_keeps_luminance_and_scales_chroma():
-    """scripts/chroma_latents.py's map: the latent's luminance read-out is unchanged, both chroma read-outs are
-    multiplied by the scale, and the map is invertible (the VAE folds it in and out exactly)."""
+    """scripts/chroma_latents.py's map: the latent's luminance read-out is unchanged (or scaled when asked), both
+    chroma read-outs are multiplied by the scale, and the map is invertible (the VAE folds it in and out exactly)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("chroma_latents", MODEL.parents[1] / "scripts" / "chroma_latents.py")
@@ -325,6 +325,10 @@ def test_chroma_map_keeps_luminance_and_scales_chroma():
                                     torch.tensor([0, 0, 1.0], dtype=torch.float64) - module.LUMA], 1)
     assert torch.allclose(y @ a, y) and torch.allclose(chroma.T @ a, 0.4 * chroma.T)
     assert torch.linalg.det(a).abs() > 1e-3
+    # with a luminance factor too: luminance scaled, chroma as before, still invertible
+    boosted = module.chroma_map(readout, root @ root.T + torch.eye(4, dtype=torch.float64), 0.4, luma=1.8)
+    assert torch.allclose(y @ boosted, 1.8 * y) and torch.allclose(chroma.T @ boosted, 0.4 * chroma.T)
+    assert torch.linalg.det(boosted).abs() > 1e-3
 
 
 @pytest.mark.skipif(not CHROMA.exists(), reason="assets/tinyworld-chroma not present")
