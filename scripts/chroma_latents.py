@@ -4,7 +4,9 @@ Why: on Tiny World colour and layout are settled at the same noise level (both i
 steps), so prompt editing at 0.5, per-stage prompts (layout early, colour late) and prompt-to-prompt colour swaps
 miss. A diffusion model resolves a latent direction at the noise level where that direction's signal-to-noise
 ratio crosses some threshold; scaling the chroma directions of the latent by s shifts their log-SNR by 2 ln s, so
-colour is decided later while luminance (where most layout lives) is decided as before.
+colour is decided later while luminance (where most layout lives) is decided as before. ``--luma-scale`` also
+multiplies the luminance read-out (> 1: decided earlier); tried at 1.6 on top of a second chroma scale, it settled
+colour earlier as well, since a colour is partly a luminance (``assets/tinyworld-chroma/README.md``).
 
 How, in the stock diffusers format: a 4x4 linear map A is folded into the VAE's 1x1 ``quant_conv`` (the latent
 mean rows: z' = A z) and its inverse into ``post_quant_conv``, so encode/decode round-trips exactly as before. A
