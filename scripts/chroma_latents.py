@@ -71,7 +71,7 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=Path("assets/tinyworld"))
     p.add_argument("--scale", type=float, default=0.45, help="factor on the chroma read-outs (0 < s <= 1)")
     p.add_argument("--luma-scale", type=float, default=1.0,
-                   help="factor on the luminance read-out (1: kept; > 1 settles layout earlier)")
+                   help="factor on the luminance read-out (1: kept; > 1 settles luminance earlier)")
     p.add_argument("--n-scenes", type=int, default=2000)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
