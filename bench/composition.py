@@ -18,7 +18,8 @@ Quality (seeds are fixed; every prompt group is one batched run):
 Cost: steps per second of AND with 1-4 parts: the engine's one batched UNet call per step vs the same run with
 each conditioning evaluated in its own UNet call (the same engine, its UNet wrapped to split the batch).
 
-    python bench/composition.py [--seeds-per-pair 4] [--pairs 25] [--n 100] [--cfg 3] [--skip-cost] [--split-touching]
+    python bench/composition.py [--seeds-per-pair 4] [--pairs 25] [--n 100] [--cfg 3] [--sampler "Euler a"]
+                                [--seed-offset 100000] [--skip-cost] [--split-touching]
 """
 
 from __future__ import annotations
@@ -235,6 +236,7 @@ def main() -> int:
     p.add_argument("--n", type=int, default=100, help="seeds for the NOT, edit and stage tests")
     p.add_argument("--cfg", type=float, default=None, help="default: the model's default")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--sampler", default=None, help="default: the model's default (DPM++ 2M on Tiny World)")
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--whens", default="0.2,0.35,0.5")
     p.add_argument("--layout-stages", type=int, default=3)
@@ -248,6 +250,8 @@ def main() -> int:
     p.add_argument("--split-touching", action="store_true",
                    help="let the analyzer separate touching objects of clearly different colours (two objects "
                         "that touch are otherwise read as one)")
+    p.add_argument("--seed-offset", type=int, default=0,
+                   help="added to every seed (0: the seeds of the committed results; another value re-draws them)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if args.threads:
@@ -260,11 +264,13 @@ def main() -> int:
     controller = CompositionController(model)
     defaults = controller.defaults()
     base = replace(defaults, negative_prompt="", steps=args.steps,
-                   cfg=defaults.cfg if args.cfg is None else args.cfg)
+                   cfg=defaults.cfg if args.cfg is None else args.cfg,
+                   sampler=defaults.sampler if args.sampler is None else args.sampler)
     b = Bench(controller, base, args.batch, split_touching=args.split_touching)
     results: dict = {"model": args.model, "weights_hash": model.weights_hash, "sampler": base.sampler,
-                     "steps": base.steps, "cfg": base.cfg, "split_touching": args.split_touching}
-    seed0 = 10_000
+                     "steps": base.steps, "cfg": base.cfg, "split_touching": args.split_touching,
+                     "seed_offset": args.seed_offset}
+    seed0 = 10_000 + args.seed_offset
     if "pair" in only:
         results["pair"] = bench_pairs(b, args.pairs, args.seeds_per_pair, seed0,
                                       region_weights=tuple(float(w) for w in args.region_weights.split(",") if w))
