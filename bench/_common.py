@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -140,7 +141,7 @@ def write_results(name: str, payload: dict, out: str | None = None) -> Path:
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join([Path(sys.executable).name] + sys.argv), **payload}
+              "command": shlex.join([Path(sys.executable).name] + sys.argv), **payload}
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
 

@@ -13,8 +13,8 @@ Quality (seeds are fixed; every prompt group is one batched run):
            circle
   edit     "[a red circle:a blue circle:WHEN]": share with a blue circle (and a red one), for each WHEN
   stages   a layout prompt ("a circle at the top left") for stages 1..L and a colour prompt ("a blue circle") for
-           the rest: share whose circle is at the layout's position with the later colour; baseline: the one
-           sentence "a blue circle at the top left"
+           the rest: share whose circle is at the layout's position with the later colour (and of those, the
+           share with no other object); baseline: the one sentence "a blue circle at the top left"
 Cost: steps per second of AND with 1-4 parts: the engine's one batched UNet call per step vs the same run with
 each conditioning evaluated in its own UNet call (the same engine, its UNet wrapped to split the batch).
 
@@ -166,7 +166,7 @@ def bench_edit(b: Bench, n: int, seed0: int, whens: list[float]) -> dict:
 
 def bench_stages(b: Bench, n: int, seed0: int, layout_stages: int, per_group: int) -> dict:
     cells = [(c, r) for r in ROWS for c in COLUMNS if (c, r) != ("center", "middle")]
-    hits = {"staged": [0, 0, 0], "one_sentence": [0, 0, 0]}
+    hits = {"staged": [0, 0, 0, 0], "one_sentence": [0, 0, 0, 0]}
     groups = n // per_group
     for g in range(groups):
         cell = cells[g % len(cells)]
@@ -185,9 +185,10 @@ def bench_stages(b: Bench, n: int, seed0: int, layout_stages: int, per_group: in
                 h[0] += has(objs, colour, "circle", cell=cell)
                 h[1] += has(objs, shape="circle", cell=cell)
                 h[2] += has(objs, colour, "circle")
+                h[3] += has(objs, colour, "circle", cell=cell) and len(objs) == 1
     total = groups * per_group
     return {way: {"position_and_colour": h[0] / total, "position": h[1] / total, "colour": h[2] / total,
-                  "n": total} for way, h in hits.items()}
+                  "position_and_colour_one_object": h[3] / total, "n": total} for way, h in hits.items()}
 
 
 class SplitUNet(torch.nn.Module):
@@ -294,8 +295,9 @@ def main() -> int:
     if "stages" in only:
         results["stages"] = bench_stages(b, args.n, seed0 + 3000, args.layout_stages, args.stage_group)
         results["stages"]["layout_stages"] = args.layout_stages
-        print_table(["way", "position+colour", "position", "colour", "n"],
-                    [[k, r["position_and_colour"], r["position"], r["colour"], r["n"]]
+        print_table(["way", "position+colour", "position", "colour", "position+colour, nothing else", "n"],
+                    [[k, r["position_and_colour"], r["position"], r["colour"], r["position_and_colour_one_object"],
+                      r["n"]]
                      for k, r in results["stages"].items() if isinstance(r, dict)])
     results["quality_images"] = b.images
     results["quality_seconds"] = round(b.seconds, 1)

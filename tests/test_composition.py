@@ -224,12 +224,12 @@ def test_saved_images_carry_the_composition(tiny_model, tmp_path):
 
 
 def form(**change):
-    values = dict(negative="", seed=3, steps=4, cfg=5.0, compare=False, use_regions=False, feather=0.05,
+    values = dict(negative="", seed=3, steps=4, cfg=5.0, sampler="DPM++ 2M", compare=False, use_regions=False, feather=0.05,
                   region_mode="add", region_weight=1.0,
                   parts=["a red circle", 1.0, "a blue square", 1.0, "", 1.0, "", 1.0],
                   stages=["", 1, 3, "", 4, 6], regions=["", "0, 0, 0.5, 1", "", "0.5, 0, 1, 1", "", "0, 0, 1, 0.5"])
     values.update(change)
-    return [values[k] for k in ("negative", "seed", "steps", "cfg", "compare", "use_regions", "feather",
+    return [values[k] for k in ("negative", "seed", "steps", "cfg", "sampler", "compare", "use_regions", "feather",
                                 "region_mode", "region_weight")] + \
         values["parts"] + values["stages"] + values["regions"]
 
@@ -249,7 +249,11 @@ def test_handlers_build_requests_and_report_errors(tiny_model):
     assert "box must be four fractions" in bad[-1][4]
     done = list(h.compose(CompositionSession(), *form()))
     assert "composed: a red circle AND a blue square" in done[-1][4] and done[-1][0] is not None
-    assert "steps 1-" in h.timeline("a red circle", 20, "a circle at the top left", 1, 3, "", 4, 6)
+    assert "steps 1-" in h.timeline("a red circle", 20, "DPM++ 2M", "a circle at the top left", 1, 3, "", 4, 6)
+    assert h.request_from_form(*form(sampler="Euler a")).base.sampler == "Euler a"
+    bad = list(h.compose(CompositionSession(), *form(sampler="Euler b")))
+    assert "unknown sampler" in bad[-1][4] and "allowed: DPM++ 2M" in bad[-1][4]
+    assert "unknown sampler" in h.timeline("a red circle", 20, "Euler b", "", 1, 3, "", 4, 6)
 
 
 def test_box_from_drawing_and_parse_box():
@@ -268,4 +272,4 @@ def test_shipped_composition_presets_validate():
     regions, feather, prompt, _ = load_regions(repo_root() / "presets/composition/regions-left-right.json")
     assert len(regions) == 2 and feather == 0.05 and prompt == ""
     stages, prompt = load_stages(repo_root() / "presets/composition/stages-layout-colour.json")
-    assert stages == (StagePrompt("a circle at the top left", 1, 3),) and prompt == "a blue circle"
+    assert stages == (StagePrompt("a circle at the top left", 1, 4),) and prompt == "a blue circle"

@@ -351,8 +351,8 @@ def test_attribute_slider_in_the_browser(studio, browser):
 
 
 def test_composition_in_the_browser(studio, browser):
-    """Compose two weighted parts (composed beside monolithic at the same seed), then draw a region on the
-    canvas, use it as region 1's box and compose with regions."""
+    """Compose two weighted parts (composed beside monolithic at the same seed), set the per-stage sampler and CFG
+    with one button, then draw a region on the canvas, use it as region 1's box and compose with regions."""
     url, _ = studio
     context, page = open_studio(browser, url)
     try:
@@ -371,7 +371,13 @@ def test_composition_in_the_browser(studio, browser):
         mono = fetch_image(page, image_src(page, "compose_mono"))
         assert composed.size == mono.size == (64, 64)
 
-        # 2. a region drawn on the canvas becomes region 1's box
+        # 2. the per-stage accordion's button sets the sampler and CFG under which later stages take hold
+        page.get_by_text("Per-stage prompts (timeline)", exact=True).click()
+        page.click("#compose_stage_settings")
+        wait_until(lambda: page.input_value("#compose_sampler input") == "Euler a", 30, "the stage sampler")
+        assert float(page.locator("#compose_cfg input[type=number]").first.input_value()) == 7.0
+
+        # 3. a region drawn on the canvas becomes region 1's box
         page.get_by_text("Regions", exact=True).click()
         page.locator("#compose_use_regions input[type=checkbox]").check()
         page.fill("#compose_part1 textarea", "a gray background")

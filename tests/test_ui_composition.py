@@ -24,7 +24,7 @@ def plain(html) -> str:
 
 
 def form(parts=(("a red circle", 1.0), ("a blue square", 1.0)), steps=4):
-    values = ["", 1, steps, 5.0, False, False, 0.05, "add", 1.0]
+    values = ["", 1, steps, 5.0, "DPM++ 2M", False, False, 0.05, "add", 1.0]
     for i in range(N_PARTS):
         values += list(parts[i]) if i < len(parts) else ["", 1.0]
     values += ["", 0, 0] * N_STAGE_ROWS + ["", ""] * N_REGIONS

@@ -6,10 +6,12 @@ engine reads for every prompt.
 
 from .blend import BLEND_LABELS, BLEND_MODES, BlendEdit
 from .regions import MAX_REGIONS, REGION_MODES, Region, RegionalGuidance, check_regions, load_regions, region_masks
-from .stages import NUM_STAGES, StagePrompt, StagePrompts, check_stages, load_stages, stages_of_steps, timeline
+from .stages import (
+    NUM_STAGES, STAGE_CFG, STAGE_SAMPLER, StagePrompt, StagePrompts, check_stages, load_stages, stages_of_steps, timeline,
+)
 
 __all__ = [
-    "BLEND_LABELS", "BLEND_MODES", "MAX_REGIONS", "NUM_STAGES", "REGION_MODES", "BlendEdit", "Region", "RegionalGuidance",
-    "StagePrompt", "StagePrompts", "check_regions", "check_stages", "load_regions", "load_stages", "region_masks",
-    "stages_of_steps", "timeline",
+    "BLEND_LABELS", "BLEND_MODES", "MAX_REGIONS", "NUM_STAGES", "REGION_MODES", "STAGE_CFG", "STAGE_SAMPLER",
+    "BlendEdit", "Region", "RegionalGuidance", "StagePrompt", "StagePrompts", "check_regions", "check_stages",
+    "load_regions", "load_stages", "region_masks", "stages_of_steps", "timeline",
 ]

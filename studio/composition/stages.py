@@ -19,6 +19,12 @@ import torch
 from studio.errors import InvalidRequest, check_text_item
 
 NUM_STAGES = 10
+# Settings under which a later stage's prompt still takes hold: an ancestral sampler re-noises every step, so what
+# the early stages settled (layout) stays while what the later ones ask for (colour) can still change, and a
+# stronger guidance makes each stage's prompt count. On Tiny World a layout prompt for stages 1-4 and a colour
+# prompt after it gave both in 85.5% of 200 seeds, against 60.5% with DPM++ 2M at CFG 3 (README, composition).
+STAGE_SAMPLER = "Euler a"
+STAGE_CFG = 7.0
 
 
 @dataclass(frozen=True)
