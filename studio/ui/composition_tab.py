@@ -271,9 +271,9 @@ def build_composition_tab(handlers: CompositionHandlers, state: gr.State) -> Non
                     with gr.Row():
                         text = gr.Textbox(label=f"Stage prompt {i + 1}", scale=4, elem_id=f"compose_stage{i + 1}",
                                           placeholder="a circle at the top left" if tinyworld else "")
-                        first = gr.Slider(1, NUM_STAGES, value=1 + 3 * i, step=1, label="from stage", scale=2,
+                        first = gr.Slider(1, NUM_STAGES, value=1 + 4 * i, step=1, label="from stage", scale=2,
                                           elem_id=f"compose_stage{i + 1}_from")
-                        last = gr.Slider(1, NUM_STAGES, value=3 + 3 * i, step=1, label="to stage", scale=2,
+                        last = gr.Slider(1, NUM_STAGES, value=4 + 3 * i, step=1, label="to stage", scale=2,
                                          elem_id=f"compose_stage{i + 1}_to")
                     stage_widgets += [text, first, last]
                 timeline = gr.HTML(handlers.timeline(composed.value, d.steps, d.sampler,
