@@ -7,7 +7,8 @@ engine reads for every prompt.
 from .blend import BLEND_LABELS, BLEND_MODES, BlendEdit
 from .regions import MAX_REGIONS, REGION_MODES, Region, RegionalGuidance, check_regions, load_regions, region_masks
 from .stages import (
-    NUM_STAGES, STAGE_CFG, STAGE_SAMPLER, StagePrompt, StagePrompts, check_stages, load_stages, stages_of_steps, timeline,
+    NUM_STAGES, STAGE_CFG, STAGE_SAMPLER, StagePrompt, StagePrompts, check_stages, load_stages, stages_of_steps,
+    timeline,
 )
 
 __all__ = [

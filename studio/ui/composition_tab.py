@@ -282,7 +282,8 @@ def build_composition_tab(handlers: CompositionHandlers, state: gr.State) -> Non
                 with gr.Row():
                     gr.Markdown(f"A later stage's prompt takes hold best under an ancestral sampler and stronger "
                                 f"guidance: on Tiny World, layout in stages 1-4 and colour after it gave both in "
-                                f"85% of 200 seeds with {STAGE_SAMPLER} at CFG {STAGE_CFG:g}, 60% with DPM++ 2M at CFG 3.")
+                                f"85% of 200 seeds with {STAGE_SAMPLER} at CFG {STAGE_CFG:g}, 60% with DPM++ 2M "
+                                "at CFG 3.")
                     stage_settings = gr.Button(f"Use {STAGE_SAMPLER}, CFG {STAGE_CFG:g}", size="sm",
                                                elem_id="compose_stage_settings")
             with gr.Accordion("Regions", open=False):
@@ -342,8 +343,8 @@ def build_composition_tab(handlers: CompositionHandlers, state: gr.State) -> Non
 
     gpu = dict(concurrency_limit=1, concurrency_id="gpu", show_progress="hidden")
     light = dict(concurrency_limit=None, concurrency_id="light", show_progress="hidden")
-    form = [negative, seed, steps, cfg, sampler, compare, use_regions, feather, region_mode, region_weight, *part_widgets,
-            *stage_widgets, *region_widgets]
+    form = [negative, seed, steps, cfg, sampler, compare, use_regions, feather, region_mode, region_weight,
+            *part_widgets, *stage_widgets, *region_widgets]
     run.click(handlers.compose, inputs=[state, *form], outputs=[image, mono, timeline, progress, status], **gpu)
     stop.click(handlers.stop, inputs=[state], outputs=[status], **light)
     for w in part_widgets:
