@@ -224,8 +224,8 @@ def test_saved_images_carry_the_composition(tiny_model, tmp_path):
 
 
 def form(**change):
-    values = dict(negative="", seed=3, steps=4, cfg=5.0, sampler="DPM++ 2M", compare=False, use_regions=False, feather=0.05,
-                  region_mode="add", region_weight=1.0,
+    values = dict(negative="", seed=3, steps=4, cfg=5.0, sampler="DPM++ 2M", compare=False, use_regions=False,
+                  feather=0.05, region_mode="add", region_weight=1.0,
                   parts=["a red circle", 1.0, "a blue square", 1.0, "", 1.0, "", 1.0],
                   stages=["", 1, 3, "", 4, 6], regions=["", "0, 0, 0.5, 1", "", "0.5, 0, 1, 1", "", "0, 0, 1, 0.5"])
     values.update(change)
