@@ -13,9 +13,10 @@ classifier   generator scenes with one object (not model samples): its shape amo
              Accuracy and UNet evaluations per image.
 information  generator scenes with one object, prompt "a <size> <colour> <shape> on a <background> background"
              (--info-prompt sets another form, e.g. "a {shape}"): the information map of the shape word (given the
-             rest of the prompt); share of its mass inside the object's mask, and inside the mask grown by 4 px (one
-             latent cell), beside the mask's share of the image; per noise level, the level's share of the integrand
-             and the share of it inside the mask.
+             rest of the prompt); share of its mass inside the object's mask, and inside the mask grown by 1 px (the
+             rim) and by 4 px (one latent cell), beside the mask's share of the image; per noise level, the level's
+             share of the integrand and the share of it inside the mask. --info-space pixel (default, as the studio)
+             draws the maps from decoded predictions, --info-space latent upsamples the latent grid (the paper's).
 cost         interleaved rounds of the same request: a plain engine run; an engine run with attention capture
              (per-step p50); a whole inspection run (InspectionController.run: attention + every step recorded) vs
              the plain run (wall p50); a plain run right after the inspection run vs the round's first plain run
@@ -150,9 +151,10 @@ def grow(mask: np.ndarray, px: int) -> np.ndarray:
 INFO_PROMPT = "a {size} {colour} {shape} on a {background} background"
 
 
-def information(model, n: int, levels: int, samples: int, seed0: int = 60_000, form: str = INFO_PROMPT) -> dict:
+def information(model, n: int, levels: int, samples: int, seed0: int = 60_000, form: str = INFO_PROMPT,
+                space: str = "pixel") -> dict:
     controller = InspectionController(model)
-    inside, near, area, near_area = [], [], [], []
+    inside, near, area, near_area, rim, rim_area = [], [], [], [], [], []
     level_inside, level_share = [], []
     by_size: dict[str, list[float]] = {}
     for i in range(n):
@@ -160,10 +162,12 @@ def information(model, n: int, levels: int, samples: int, seed0: int = 60_000, f
         o, mask = scene.objects[0], scene.masks[0]
         prompt = form.format(size=o.size, colour=o.colour, shape=o.shape, background=scene.background)
         result = controller.information(InformationRequest(scene.image, prompt, (o.shape,), levels=levels,
-                                                           samples=samples, seed=i))
+                                                           samples=samples, seed=i, space=space))
         m = result.maps["i1"].numpy()
         total = float(m.sum())
-        grown = grow(mask, 4)
+        grown, grown1 = grow(mask, 4), grow(mask, 1)
+        rim.append(float(m[grown1].sum()) / total)
+        rim_area.append(float(grown1.mean()))
         inside.append(float(m[mask].sum()) / total)
         near.append(float(m[grown].sum()) / total)
         area.append(float(mask.mean()))
@@ -173,8 +177,12 @@ def information(model, n: int, levels: int, samples: int, seed0: int = 60_000, f
         totals = per_level.reshape(len(per_level), -1).sum(1)
         level_inside.append([float(lv[mask].sum() / t) if t > 0 else 0.0 for lv, t in zip(per_level, totals)])
         level_share.append((totals / max(totals.sum(), 1e-30)).tolist())
-    return {"scenes": n, "levels": levels, "samples": samples, "prompt_form": form, "mass_inside_mask": float(np.mean(inside)),
-            "mass_inside_mask_grown_4px": float(np.mean(near)), "mask_share_of_image": float(np.mean(area)),
+    return {"scenes": n, "levels": levels, "samples": samples, "prompt_form": form, "space": space,
+            "mass_inside_mask": float(np.mean(inside)),
+            "mass_inside_mask_grown_4px": float(np.mean(near)),
+            "mass_inside_mask_grown_1px": float(np.mean(rim)),
+            "grown_1px_mask_share_of_image": float(np.mean(rim_area)),
+            "mask_share_of_image": float(np.mean(area)),
             "grown_mask_share_of_image": float(np.mean(near_area)),
             "mass_inside_mask_by_size": {k: float(np.mean(v)) for k, v in sorted(by_size.items())},
             "scenes_at_or_above_70pct": float(np.mean([v >= 0.7 for v in inside])),
@@ -226,6 +234,8 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=2)
     p.add_argument("--info-prompt", default=INFO_PROMPT,
                    help="information: the prompt per scene ({size} {colour} {shape} {background} filled in)")
+    p.add_argument("--info-space", default="pixel", choices=["pixel", "latent"],
+                   help="information: maps from decoded predictions (pixel, the studio's default) or the latent grid")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--name", default="inspection", help="results file bench/results/NAME.json")
     p.add_argument("--out", default=None)
@@ -261,11 +271,13 @@ def main() -> int:
                      ["both", "", r["unet_evals_per_image_total"]]])
     if "information" in parts:
         t0 = time.perf_counter()
-        r = results["information"] = information(model, args.n, args.levels, args.samples, form=args.info_prompt)
+        r = results["information"] = information(model, args.n, args.levels, args.samples, form=args.info_prompt,
+                                                          space=args.info_space)
         results["seconds"]["information"] = round(time.perf_counter() - t0, 1)
-        print_table(["shape-word mass inside mask", "inside mask + 4 px", "mask share", "grown mask share"],
-                    [[r["mass_inside_mask"], r["mass_inside_mask_grown_4px"], r["mask_share_of_image"],
-                      r["grown_mask_share_of_image"]]])
+        print_table(["shape-word mass inside mask", "inside mask + 1 px", "inside mask + 4 px", "mask share",
+                     "mask + 1 px share", "mask + 4 px share"],
+                    [[r["mass_inside_mask"], r["mass_inside_mask_grown_1px"], r["mass_inside_mask_grown_4px"],
+                      r["mask_share_of_image"], r["grown_1px_mask_share_of_image"], r["grown_mask_share_of_image"]]])
         lv = r["per_level"]
         print_table(["log-SNR", "share of the integrand", "of it inside the mask"],
                     [[f"{a:.2f}", b, c] for a, b, c in zip(lv["log_snr"], lv["share_of_integrand"],

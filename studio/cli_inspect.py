@@ -51,6 +51,8 @@ def add_inspect_parser(sub) -> None:
     p.add_argument("--tokens", help="one or two words of --prompt, comma-separated (information)")
     p.add_argument("--levels", type=int, default=12, help="noise levels for information maps (default 12)")
     p.add_argument("--samples", type=int, default=2, help="noise samples per level (default 2)")
+    p.add_argument("--space", default="pixel", choices=["pixel", "latent"],
+                   help="information maps from decoded predictions (pixel, default) or the upsampled latent grid")
     p.add_argument("--model", default="tinyworld")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: best available)")
     p.add_argument("--out-dir", metavar="DIR", help="write the files here (not needed for classify)")
@@ -151,7 +153,8 @@ def cmd_inspect(args: argparse.Namespace, ctx: Context) -> int:
             else:
                 tokens = tuple(t.strip() for t in args.tokens.split(",") if t.strip())
                 result = controller.information(InformationRequest(image, args.prompt, tokens, levels=args.levels,
-                                                                   samples=args.samples, seed=args.seed))
+                                                                   samples=args.samples, seed=args.seed,
+                                                                   space=args.space))
                 files = {f"{name}.npy": npy_bytes(m.numpy().astype(np.float32)) for name, m in result.maps.items()}
                 paths = write_files(out_dir, files) + controller.export_information(result, image, out_dir)
                 report.update(result.to_json(), paths=[str(p) for p in paths])

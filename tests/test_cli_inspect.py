@@ -56,7 +56,8 @@ def test_classify_prints_a_ranking(tiny_model, scene_png, tmp_path):
     assert sorted(report["ranking"]) == ["blue", "green", "red"] and report["unet_evaluations"] == 3 * 3 + 2 * 2
     assert (tmp_path / "c" / "classification.png").is_file()
     code, out, err = run(tiny_model, "classify", "--image", scene_png, "--candidates", "red|blue", "--stages", "2:1")
-    assert code == 0, err and out.strip().splitlines()[-1].startswith("best: ")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].startswith("best: ")
 
 
 def test_information_writes_maps(tiny_model, scene_png, tmp_path):
@@ -67,6 +68,11 @@ def test_information_writes_maps(tiny_model, scene_png, tmp_path):
     assert (tmp_path / "i" / "information_i1.png").is_file()
     assert (tmp_path / "i" / "information_levels.png").is_file()
     assert set(np.load(tmp_path / "i" / "information_levels.npz")) == {"log_snrs", "i1", "i2", "i12"}
+    code, out, err = run(tiny_model, "information", "--image", scene_png, "--prompt", "a red square", "--tokens",
+                         "square", "--levels", 2, "--samples", 1, "--space", "latent", "--json", "--out-dir",
+                         tmp_path / "j")
+    assert code == 0, err
+    assert json.loads(out)["space"] == "latent"
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -217,7 +217,16 @@ def test_information_decomposition_adds_up(controller):
     trapezoid = sum(0.5 * (out.level_maps["i12"][k] + out.level_maps["i12"][k + 1]) * abs(lam[k + 1] - lam[k])
                     for k in range(2))
     assert torch.allclose(trapezoid, m["i12"], atol=1e-9)
-    assert len(out.to_json()["level_totals"]["i1"]) == 3
+    assert len(out.to_json()["level_totals"]["i1"]) == 3 and out.to_json()["space"] == "pixel"
+    # pixel space moves the information, not its amount: every level keeps the latent estimate's total in nats
+    latent = controller.information(InformationRequest(image, "a red circle", ("red", "circle"), levels=3, samples=1,
+                                                       space="latent"))
+    assert latent.space == "latent" and latent.maps["i1"].shape == (64, 64)
+    for name in ("i1", "i2", "i12"):
+        assert np.allclose(out.level_totals(name), latent.level_totals(name), rtol=1e-6)
+        assert not torch.allclose(out.maps[name], latent.maps[name])
+    with pytest.raises(InvalidRequest, match="allowed: pixel, latent"):
+        controller.information(InformationRequest(image, "a red circle", ("red",), space="voxel"))
     with pytest.raises(InvalidRequest, match="not a word of the prompt"):
         controller.information(InformationRequest(image, "a red circle", ("square",)))
     assert without_words("a red circle on red", ["red"]) == "a circle on"

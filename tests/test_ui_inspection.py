@@ -52,6 +52,11 @@ def test_tools_on_an_image_and_their_errors(handlers):
     assert "<table" in table and "best:" in status
     gallery, status = handlers.information(session, image, "a red circle", "red", 2, 1)
     assert [c for _, c in gallery] == ["i1", "per noise level"] and "UNet evaluations" in status
+    assert "(pixel space)" in status and session.information.space == "pixel"
+    _, status = handlers.information(session, image, "a red circle", "red", 2, 1, "latent")
+    assert "(latent space)" in status and session.information.space == "latent"
+    _, status = handlers.information(session, image, "a red circle", "red", 2, 1, "voxel")
+    assert "unknown map space" in status and session.information.space == "latent"
     _, _, status = handlers.classify(session, None, "red\nblue", "2:1", 0)
     assert "upload an image" in status
     _, _, status = handlers.classify(session, image, "red", "2:1", 0)

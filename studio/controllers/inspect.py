@@ -113,6 +113,7 @@ class InformationRequest:
     levels: int = DEFAULT_LEVELS
     samples: int = DEFAULT_SAMPLES
     seed: int = 0
+    space: str = "pixel"  # where the maps are drawn: "pixel" (decoded predictions) or "latent" (upsampled latent grid)
 
 
 @dataclass
@@ -328,7 +329,7 @@ class InspectionController:
         x0 = self.latents_of(request.image)
         return information_maps(self.model, x0, request.prompt, list(request.tokens), levels=request.levels,
                                 samples=request.samples, seed=request.seed, size=request.image.size[::-1],
-                                cancel=cancel)
+                                space=request.space, decode=self.engine.decode, cancel=cancel)
 
     def branch(self, run: InspectionRun, request: BranchRequest, *, cancel: CancelToken | None = None) -> BranchOutcome:
         # 1. validate

@@ -6,6 +6,14 @@ estimated per pixel as ``i(x; y | c) = 1/2 * integral over log-SNR of E_eps ||ep
 both predictions are made on the same noised latents (a shared noise bank), their squared difference is summed over
 latent channels and integrated over a grid of noise levels evenly spaced in log-SNR (trapezoid rule).
 
+Where the maps live. The estimator is exact in the latent space the UNet denoises, but a latent cell covers
+``vae_scale_factor`` pixels a side, so upsampled latent maps smear a word's information across object edges (on Tiny
+World's 16x16 grid a third of a shape word's mass lands inside its object). In ``space="pixel"`` (the default) both
+predictions are turned into clean-image predictions, decoded by the VAE, and their squared difference per pixel (summed
+over RGB, weighted by the SNR as the eps-form implies) gives the map's *distribution* at each noise level; each level
+is then rescaled to the latent estimate's total at that level, so the totals stay the estimator's values in nats and
+only where they sit changes. ``space="latent"`` gives the paper's maps, bilinearly upsampled.
+
 For two tokens the minimum-information partial information decomposition splits what they say jointly:
 redundancy ``R = min(i1, i2)``, unique ``U1 = i1 - R``, ``U2 = i2 - R`` and synergy ``S = i12 - i1 - i2 + R``, per
 pixel, where ``i1``, ``i2`` and ``i12`` are the information of ``y1``, ``y2`` and both, all given the prompt without
@@ -15,12 +23,13 @@ either.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from studio.engine import CancelToken, InvalidRequest
+from studio.engine import Cancelled, CancelToken, InvalidRequest
 from studio.engine.conditioning import encode_texts
 
 from .denoising import alphas_cumprod, log_snr, predict_epsilon
@@ -28,6 +37,8 @@ from .denoising import alphas_cumprod, log_snr, predict_epsilon
 DEFAULT_LEVELS = 12
 DEFAULT_SAMPLES = 2
 MAX_EVALUATIONS = 4096
+SPACES = ("pixel", "latent")
+DECODE_CHUNK = 16
 
 
 def without_words(prompt: str, words: list[str]) -> str:
@@ -54,8 +65,9 @@ def log_snr_timesteps(table: torch.Tensor, levels: int, lo: float = 0.02, hi: fl
 
 @dataclass(frozen=True)
 class InformationMaps:
-    """Per-pixel information maps ``(H, W)`` (image resolution, nats summed over latent channels, bilinear upsampled
-    from the latent grid). ``maps`` holds ``"i1"`` (and for two tokens ``"i2"``, ``"i12"``, ``"redundancy"``,
+    """Per-pixel information maps ``(H, W)`` at image resolution, in nats (totals as the latent estimator gives them;
+    spread over pixels by the decoded predictions, or bilinearly upsampled from the latent grid, per ``space``).
+    ``maps`` holds ``"i1"`` (and for two tokens ``"i2"``, ``"i12"``, ``"redundancy"``,
     ``"unique1"``, ``"unique2"``, ``"synergy"``)."""
 
     prompt: str
@@ -67,6 +79,7 @@ class InformationMaps:
     log_snrs: tuple[float, ...] = ()  # of ``timesteps``
     # per noise level, before integration: ``(levels, H, W)`` half squared differences for "i1" (and "i2", "i12")
     level_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    space: str = "latent"
 
     def level_totals(self, name: str = "i1") -> list[float]:
         """The integrand's total over the image at each noise level (where along log-SNR the information sits)."""
@@ -74,7 +87,7 @@ class InformationMaps:
 
     def to_json(self) -> dict:
         return {"prompt": self.prompt, "tokens": list(self.tokens), "contexts": dict(self.contexts),
-                "timesteps": list(self.timesteps), "log_snrs": list(self.log_snrs),
+                "space": self.space, "timesteps": list(self.timesteps), "log_snrs": list(self.log_snrs),
                 "unet_evaluations": self.evaluations,
                 "totals": {k: float(v.sum()) for k, v in self.maps.items()},
                 "level_totals": {k: self.level_totals(k) for k in self.level_maps}}
@@ -82,8 +95,10 @@ class InformationMaps:
 
 def information_maps(model, x0: torch.Tensor, prompt: str, tokens: list[str], *, levels: int = DEFAULT_LEVELS,
                      samples: int = DEFAULT_SAMPLES, seed: int = 0, size: tuple[int, int] | None = None,
+                     space: str = "pixel", decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
                      cancel: CancelToken | None = None) -> InformationMaps:
-    """Information maps of one or two ``tokens`` (words of ``prompt``) for clean latents ``x0`` ``(C, h, w)``."""
+    """Information maps of one or two ``tokens`` (words of ``prompt``) for clean latents ``x0`` ``(C, h, w)``.
+    ``space="pixel"`` needs ``decode``: UNet-space latents ``(B, C, h, w)`` -> images ``(B, 3, H, W)``."""
     # 1. validate
     tokens = [t.strip() for t in tokens if t and t.strip()]
     if not 1 <= len(tokens) <= 2:
@@ -92,6 +107,10 @@ def information_maps(model, x0: torch.Tensor, prompt: str, tokens: list[str], *,
         raise InvalidRequest("pick two different words for the decomposition", "token")
     if not (1 <= levels <= 200 and 1 <= samples <= 64):
         raise InvalidRequest(f"levels must be 1..200 and samples 1..64, got {levels} and {samples}", "levels")
+    if space not in SPACES:
+        raise InvalidRequest(f"unknown map space {space!r}; allowed: {', '.join(SPACES)}", "space")
+    if space == "pixel" and decode is None:
+        raise InvalidRequest("pixel-space maps need the model's decoder; use space='latent' without one", "space")
     contexts = {"context": without_words(prompt, tokens), "full": prompt}
     if len(tokens) == 2:
         contexts["with1"] = without_words(prompt, [tokens[1]])
@@ -113,26 +132,57 @@ def information_maps(model, x0: torch.Tensor, prompt: str, tokens: list[str], *,
         eps[name] = predict_epsilon(model, x0, row_t, noises, embeds[k:k + 1].expand(len(row_t), -1, -1), table,
                                     cancel=cancel)
 
-    # 3. integrate squared differences over log-SNR (trapezoid weights), per latent pixel
+    # 3. in pixel space: every prediction as a decoded clean image (same noised latents, so differences are the word's)
+    size = size or tuple(int(s) * model.vae_scale_factor for s in x0.shape[1:])
+    a_bar = table[torch.tensor(row_t)].view(-1, 1, 1, 1)
+    images = {}
+    if space == "pixel":
+        x_t = a_bar.sqrt() * x0.double().unsqueeze(0) + (1 - a_bar).sqrt() * noises.double()
+        for name in names:
+            x0_hat = ((x_t - (1 - a_bar).sqrt() * eps[name].double()) / a_bar.sqrt()).float()
+            images[name] = _decode_chunked(decode, x0_hat, size, cancel)
+
+    # 4. per noise level, half the squared difference per pixel; integrate over log-SNR (trapezoid weights)
     per_level: dict[str, torch.Tensor] = {}
 
     def info(a: str, b: str, name: str) -> torch.Tensor:
-        sq = (eps[a].double() - eps[b].double()).pow(2).sum(1).view(levels, samples, *x0.shape[1:]).mean(1)
-        per_level[name] = 0.5 * sq
-        return 0.5 * _trapezoid(sq, lams)
+        latent = (eps[a].double() - eps[b].double()).pow(2).sum(1).view(levels, samples, *x0.shape[1:]).mean(1)
+        if space == "latent":
+            level = torch.stack([upsample(m, size) for m in latent])
+        else:
+            snr = (a_bar / (1 - a_bar)).view(-1, 1, 1)  # x0-differences times SNR are eps-differences
+            squared = (images[a].double() - images[b].double()).pow(2).sum(1)
+            pixel = (snr * squared).view(levels, samples, *size).mean(1)
+            # keep each level's total in nats (the latent estimate); the decoded difference says where it sits
+            pixel_totals = pixel.sum((1, 2))
+            scale = torch.where(pixel_totals > 0, latent.sum((1, 2)) / pixel_totals.clamp_min(1e-300), 0.0)
+            level = pixel * scale.view(-1, 1, 1)
+        per_level[name] = 0.5 * level
+        return 0.5 * _trapezoid(level, lams)
 
-    latent_maps = {"i1": info("context", "with1" if len(tokens) == 2 else "full", "i1")}
+    maps = {"i1": info("context", "with1" if len(tokens) == 2 else "full", "i1")}
     if len(tokens) == 2:
-        i1, i2, i12 = latent_maps["i1"], info("context", "with2", "i2"), info("context", "full", "i12")
+        i1, i2, i12 = maps["i1"], info("context", "with2", "i2"), info("context", "full", "i12")
         redundancy = torch.minimum(i1, i2)
-        latent_maps.update(i2=i2, i12=i12, redundancy=redundancy, unique1=i1 - redundancy, unique2=i2 - redundancy,
-                           synergy=i12 - i1 - i2 + redundancy)
-    size = size or tuple(int(s) * model.vae_scale_factor for s in x0.shape[1:])
-    maps = {k: upsample(v, size) for k, v in latent_maps.items()}
-    level_maps = {k: torch.stack([upsample(m, size) for m in v]) for k, v in per_level.items()}
+        maps.update(i2=i2, i12=i12, redundancy=redundancy, unique1=i1 - redundancy, unique2=i2 - redundancy,
+                    synergy=i12 - i1 - i2 + redundancy)
     return InformationMaps(prompt=prompt, tokens=tuple(tokens), contexts=contexts, maps=maps,
                            timesteps=tuple(timesteps), evaluations=len(names) * len(row_t), log_snrs=tuple(lams),
-                           level_maps=level_maps)
+                           level_maps=per_level, space=space)
+
+
+def _decode_chunked(decode, latents: torch.Tensor, size: tuple[int, int], cancel: CancelToken | None) -> torch.Tensor:
+    """``latents`` decoded in chunks, as float32 images ``(B, 3, H, W)`` at ``size`` (float32 halves what a
+    two-word decomposition of a 512 px image holds: four prompts x levels x samples images)."""
+    out = []
+    for lo in range(0, len(latents), DECODE_CHUNK):
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled("inspection cancelled")
+        images = decode(latents[lo:lo + DECODE_CHUNK]).float().cpu()
+        if tuple(images.shape[-2:]) != tuple(size):
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        out.append(images)
+    return torch.cat(out)
 
 
 def _trapezoid(values: torch.Tensor, xs: list[float]) -> torch.Tensor:

@@ -219,20 +219,22 @@ class InspectionHandlers:
         return table, self.controller.classification_plot(result), \
             status_html(f"best: {result.best} ({result.evaluations} UNet evaluations)", "ok")
 
-    def information(self, session: InspectionSession, image, prompt, tokens, levels, samples):
+    def information(self, session: InspectionSession, image, prompt, tokens, levels, samples, space="pixel"):
         try:
             if image is None:
                 raise ValueError("upload an image or press 'Use the run's image'")
             words = tuple(t.strip() for t in str(tokens or "").split(",") if t.strip())
             result = self.controller.information(InformationRequest(image, str(prompt or ""), words,
-                                                                    levels=int(levels), samples=int(samples)))
+                                                                    levels=int(levels), samples=int(samples),
+                                                                    space=str(space)))
         except USER_ERRORS as e:
             return gr.skip(), status_html(user_message(e), "error")
         session.information, session.information_image = result, image
         gallery = [(map_figure(m.numpy(), title=name, label="nats / pixel", signed=name == "synergy"), name)
                    for name, m in result.maps.items()]
         gallery.append((self.controller.information_levels_plot(result), "per noise level"))
-        return gallery, status_html(f"{result.evaluations} UNet evaluations; maps of {', '.join(result.tokens)}", "ok")
+        return gallery, status_html(f"{result.evaluations} UNet evaluations; maps of {', '.join(result.tokens)} "
+                                    f"({result.space} space)", "ok")
 
     def export(self, session: InspectionSession, panel, threshold):
         session = session or InspectionSession()
@@ -349,6 +351,9 @@ def build_inspection_tab(handlers: InspectionHandlers, state: gr.State) -> None:
                                 elem_id="inspect_tokens")
             levels = gr.Slider(2, 50, value=12, step=1, label="Noise levels", elem_id="inspect_levels")
             samples = gr.Slider(1, 16, value=2, step=1, label="Samples per level", elem_id="inspect_samples")
+            space = gr.Radio(["pixel", "latent"], value="pixel", label="Map space", elem_id="inspect_info_space",
+                             info="pixel: predictions decoded, sharp at object edges; "
+                                  "latent: the paper's grid, upsampled")
         info_btn = gr.Button("Information maps", elem_id="inspect_information")
         info_gallery = gr.Gallery(label="information maps", columns=4, height=260, elem_id="inspect_info_gallery")
         tools_status = gr.HTML(elem_id="inspect_tools_status")
@@ -385,6 +390,6 @@ def build_inspection_tab(handlers: InspectionHandlers, state: gr.State) -> None:
     use_run.click(handlers.use_run_image, inputs=[state], outputs=[probe, info_prompt], **light)
     classify_btn.click(handlers.classify, inputs=[state, probe, candidates, stages, seed],
                        outputs=[ranking, curves, tools_status], **gpu)
-    info_btn.click(handlers.information, inputs=[state, probe, info_prompt, tokens, levels, samples],
+    info_btn.click(handlers.information, inputs=[state, probe, info_prompt, tokens, levels, samples, space],
                    outputs=[info_gallery, tools_status], **gpu)
     export_btn.click(handlers.export, inputs=[state, panel, threshold], outputs=[files, export_status], **light)
