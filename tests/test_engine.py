@@ -52,7 +52,7 @@ def any_model(request, tiny_models):
 # ------------------------------------------------------------------------------ equivalence
 
 
-@pytest.mark.parametrize("sampler", ["DPM++ 2M", "Euler a"])
+@pytest.mark.parametrize("sampler", ["DPM++ 2M", "Euler a", "DPM++ 2M SDE"])
 def test_matches_stable_diffusion_pipeline(any_model, sampler):
     req = GenerationRequest(**{**REQ.__dict__, "sampler": sampler, "batch_size": 2})
     engine = Engine(any_model)
@@ -87,12 +87,13 @@ def test_every_sampler_gives_finite_images(tiny_model, sampler):
     assert set(result.timings) >= {"encode", "denoise", "decode", "total", "per_step"}
 
 
-def test_seeds_reproducible_and_per_image(tiny_model):
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M SDE"])  # the stochastic ones: fresh noise every step
+def test_seeds_reproducible_and_per_image(tiny_model, sampler):
     engine = Engine(tiny_model)
-    req = GenerationRequest(prompt="a cat", steps=2, seed=10, batch_size=2, sampler="Euler a")
+    req = GenerationRequest(prompt="a cat", steps=2, seed=10, batch_size=2, sampler=sampler)
     a, b = engine.generate(req), engine.generate(req)
     assert torch.equal(a.latents, b.latents)
-    single = engine.generate(GenerationRequest(prompt="a cat", steps=2, seed=11, sampler="Euler a"))
+    single = engine.generate(GenerationRequest(prompt="a cat", steps=2, seed=11, sampler=sampler))
     assert torch.allclose(a.latents[1], single.latents[0], atol=1e-4)  # batch vs single: float noise only
     assert not torch.allclose(a.latents[0], a.latents[1])
     wrap = engine.generate(GenerationRequest(prompt="a cat", steps=1, seed=2**32 - 1, batch_size=2))
@@ -274,7 +275,7 @@ def test_batched_guidance_is_one_unet_call_per_step(tiny_model):
 # ------------------------------------------------------------------------------ latent cache
 
 
-@pytest.mark.parametrize("sampler", ["DPM++ 2M", "Euler a", "UniPC"])
+@pytest.mark.parametrize("sampler", ["DPM++ 2M", "Euler a", "UniPC", "DPM++ 2M SDE"])
 def test_cache_resume_with_same_settings_reproduces_full_run(tiny_model, sampler):
     engine = Engine(tiny_model)
     req = GenerationRequest(**{**REQ.__dict__, "sampler": sampler, "steps": 5})
@@ -357,7 +358,8 @@ def test_cancelled_run_can_resume_from_recorded_steps(tiny_model):
     ({"seed": -1}, "seed", "0..4294967295"),
     ({"seed": 2**32}, "seed", "0..4294967295"),
     ({"seed": True}, "seed", "integer"),
-    ({"sampler": "Heun"}, "sampler", "allowed: DPM++ 2M, DPM++ 2M Karras, Euler, Euler a, DDIM, UniPC, LCM"),
+    ({"sampler": "Heun"}, "sampler",
+     "allowed: DPM++ 2M, DPM++ 2M Karras, DPM++ 2M SDE, Euler, Euler a, DDIM, UniPC, LCM"),
     ({"prompt": None}, "prompt", "string"),
 ])
 def test_validation_messages(tiny_model, change, field, text):

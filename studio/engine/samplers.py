@@ -24,6 +24,9 @@ _SPECS = {
                  {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}),
     "DPM++ 2M Karras": (DPMSolverMultistepScheduler,
                         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+    # stochastic: fresh noise every step (like Euler a), so late prompts still take hold
+    "DPM++ 2M SDE": (DPMSolverMultistepScheduler,
+                     {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}),
     "Euler": (EulerDiscreteScheduler, {"use_karras_sigmas": False}),
     "Euler a": (EulerAncestralDiscreteScheduler, {}),
     "DDIM": (DDIMScheduler, {}),
