@@ -51,7 +51,8 @@ def test_tools_on_an_image_and_their_errors(handlers):
     table, plot, status = handlers.classify(session, image, "red\nblue", "2:1", 0)
     assert "<table" in table and "best:" in status
     gallery, status = handlers.information(session, image, "a red circle", "red", 2, 1)
-    assert [c for _, c in gallery] == ["i1", "per noise level"] and "UNet evaluations" in status
+    assert [c for _, c in gallery] == ["red on the image", "i1", "per noise level"] and "UNet evaluations" in status
+    assert gallery[0][0].size == image.size
     assert "(pixel space)" in status and session.information.space == "pixel"
     _, status = handlers.information(session, image, "a red circle", "red", 2, 1, "latent")
     assert "(latent space)" in status and session.information.space == "latent"

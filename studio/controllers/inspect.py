@@ -325,6 +325,11 @@ class InspectionController:
         return line_plot(result.log_snrs, series, xlabel="log-SNR (high = little noise)",
                          ylabel="1/2 E||eps diff||^2 (image total)", title="information per noise level")
 
+    def information_overlay(self, result: InformationMaps, image: Image.Image, name: str = "i1",
+                            opacity: float = 0.6) -> Image.Image:
+        """One information map (``"i1"`` by default: the first word's) blended over the image it explains."""
+        return overlay(image, result.maps[name].numpy(), opacity)
+
     def information(self, request: InformationRequest, *, cancel: CancelToken | None = None) -> InformationMaps:
         x0 = self.latents_of(request.image)
         return information_maps(self.model, x0, request.prompt, list(request.tokens), levels=request.levels,

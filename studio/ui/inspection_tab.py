@@ -230,8 +230,9 @@ class InspectionHandlers:
         except USER_ERRORS as e:
             return gr.skip(), status_html(user_message(e), "error")
         session.information, session.information_image = result, image
-        gallery = [(map_figure(m.numpy(), title=name, label="nats / pixel", signed=name == "synergy"), name)
-                   for name, m in result.maps.items()]
+        gallery = [(self.controller.information_overlay(result, image), f"{result.tokens[0]} on the image")]
+        gallery += [(map_figure(m.numpy(), title=name, label="nats / pixel", signed=name == "synergy"), name)
+                    for name, m in result.maps.items()]
         gallery.append((self.controller.information_levels_plot(result), "per noise level"))
         return gallery, status_html(f"{result.evaluations} UNet evaluations; maps of {', '.join(result.tokens)} "
                                     f"({result.space} space)", "ok")
