@@ -432,6 +432,17 @@ def test_inspection_in_the_browser(studio, browser):
         assert single.tobytes() != overlay.tobytes()
         assert "Traceback" not in page.inner_text("body")
         screenshot_if_asked(page, "inspection", full_page=True)
+
+        # information maps of the run's image: drawn in pixel space, the word's map over the image first
+        page.get_by_text("Diffusion classifier and token information maps").click()
+        page.click("#inspect_use_run")
+        wait_until(lambda: image_src(page, "inspect_probe"), 60, "the run's image in the probe")
+        set_number(page, "inspect_levels", 3)
+        set_number(page, "inspect_samples", 1)
+        page.click("#inspect_information")
+        wait_until(lambda: "(pixel space)" in page.inner_text("#inspect_tools_status"), RUN_TIMEOUT, "the maps")
+        assert page.locator("#inspect_info_gallery img").count() >= 3
+        assert "Traceback" not in page.inner_text("body")
     finally:
         context.close()
 
