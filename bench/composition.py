@@ -4,7 +4,8 @@ Quality (seeds are fixed; every prompt group is one batched run):
   pair     two-object prompts, different colours and shapes ("a red circle" + "a blue square"), n_pairs x per_pair
            seeds: (a) the monolithic prompt "A and B"; (b) AND composition "A AND B"; (c) regions: A in the left
            half, B in the right half (global prompt empty), the regions added (default mode) and averaged
-           (MultiDiffusion), and added at each --region-weights weight. "bound": both objects present with their
+           (MultiDiffusion), and added at each --region-weights weight; AND again at each --and-weights weight
+           (both parts). "bound": both objects present with their
            colour and shape; "bound, exactly 2": and nothing else; "placed": each object in its own half (per
            object), "both placed": both in one image
   pair_positioned  the same pairs with each object's side named ("a red circle on the left" + "a blue square on
@@ -102,12 +103,16 @@ def pair_specs(n_pairs: int, seed: int = 0) -> list[tuple[str, str, str, str]]:
 
 
 def bench_pairs(b: Bench, n_pairs: int, per_pair: int, seed0: int, positioned: bool = False,
-                region_weights: tuple[float, ...] = ()) -> dict:
+                region_weights: tuple[float, ...] = (), and_weights: tuple[float, ...] = ()) -> dict:
     """``positioned``: each object's phrase also names its side ("... on the left" / "... on the right"), for the
     monolithic prompt and AND only (regions place by their boxes). ``region_weights``: more rows of added regions,
-    both at that weight (the plain "regions" row is weight 1)."""
+    both at that weight (the plain "regions" row is weight 1). ``and_weights``: more rows of AND with both parts at
+    that weight (the plain "and" row is weight 1; 0.5 each guides as hard in total as the monolithic prompt)."""
     weighted = {f"regions_weight_{w:g}": w for w in region_weights}
-    ways = ("monolithic", "and") if positioned else ("monolithic", "and", "regions", "regions_average", *weighted)
+    and_weighted = {f"and_weight_{w:g}": w for w in and_weights}
+    ways = ("monolithic", "and", *and_weighted)
+    if not positioned:
+        ways += ("regions", "regions_average", *weighted)
     counts = {k: {"bound": 0, "bound_exact": 0, "placed": 0, "both_placed": 0, "n": 0} for k in ways}
     for j, (c1, s1, c2, s2) in enumerate(pair_specs(n_pairs)):
         a, bb = phrase(c1, s1), phrase(c2, s2)
@@ -118,6 +123,8 @@ def bench_pairs(b: Bench, n_pairs: int, per_pair: int, seed0: int, positioned: b
             "monolithic": b.run(seeds, prompt=f"{a} and {bb}"),
             "and": b.run(seeds, prompt="", parts=(PromptPart(a), PromptPart(bb))),
         }
+        for way, w in and_weighted.items():
+            runs[way] = b.run(seeds, prompt="", parts=(PromptPart(a, w), PromptPart(bb, w)))
         if not positioned:
             halves = (Region(a, 0, 0, 0.5, 1), Region(bb, 0.5, 0, 1, 1))
             runs["regions"] = b.run(seeds, prompt="", regions=halves, feather=0.05, region_mode="add")
@@ -248,6 +255,8 @@ def main() -> int:
     p.add_argument("--skip-cost", action="store_true")
     p.add_argument("--region-weights", default="2.5",
                    help="extra rows of added regions at these weights (comma-separated; weight 1 is always run)")
+    p.add_argument("--and-weights", default="",
+                   help="extra rows of AND with both parts at these weights (comma-separated; weight 1 is always run)")
     p.add_argument("--split-touching", action="store_true",
                    help="let the analyzer separate touching objects of clearly different colours (two objects "
                         "that touch are otherwise read as one)")
@@ -272,14 +281,17 @@ def main() -> int:
                      "steps": base.steps, "cfg": base.cfg, "split_touching": args.split_touching,
                      "seed_offset": args.seed_offset}
     seed0 = 10_000 + args.seed_offset
+    and_weights = tuple(float(w) for w in args.and_weights.split(",") if w)
     if "pair" in only:
         results["pair"] = bench_pairs(b, args.pairs, args.seeds_per_pair, seed0,
-                                      region_weights=tuple(float(w) for w in args.region_weights.split(",") if w))
+                                      region_weights=tuple(float(w) for w in args.region_weights.split(",") if w),
+                                      and_weights=and_weights)
         print_table(["way", "bound", "bound, exactly 2", "placed (per object)", "both placed", "n"],
                     [[w, r["bound"], r["bound_exact"], r["placed_per_object"], r["both_placed"], r["n"]]
                      for w, r in results["pair"].items()])
     if "pair_positioned" in only:
-        results["pair_positioned"] = bench_pairs(b, args.pairs, args.seeds_per_pair, seed0, positioned=True)
+        results["pair_positioned"] = bench_pairs(b, args.pairs, args.seeds_per_pair, seed0, positioned=True,
+                                                 and_weights=and_weights)
         print_table(["way (objects named with their side)", "bound", "bound, exactly 2", "placed (per object)",
                      "both placed", "n"],
                     [[w, r["bound"], r["bound_exact"], r["placed_per_object"], r["both_placed"], r["n"]]
