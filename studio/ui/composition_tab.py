@@ -90,6 +90,7 @@ class CompositionHandlers:
     def __init__(self, controller: CompositionController):
         self.controller = controller
         self.defaults = controller.defaults()
+        self.limits = FormLimits.for_model(controller.model, self.defaults)
         # regions guide at weight x CFG; composable diffusion's reference guides each part at 7.5, and on Tiny World
         # (CFG 3) weight 1 left one of two half-image objects out about half the time (README, composition)
         self.region_weight = min(5.0, max(1.0, round(7.5 / self.defaults.cfg, 2)))
@@ -97,10 +98,9 @@ class CompositionHandlers:
     # ------------------------------------------------------------------ form -> request
 
     def _base(self, negative, seed, steps, cfg, sampler) -> GenerationRequest:
-        limits = FormLimits.for_model(self.controller.model, self.defaults)
-        base = limits.fixed_seed_request(self.defaults, why="composed and monolithic share the noise", seed=seed,
-                                         steps=steps, cfg=cfg, negative_prompt=negative)
-        return replace(base, sampler=limits.check("sampler", sampler))
+        base = self.limits.fixed_seed_request(self.defaults, why="composed and monolithic share the noise", seed=seed,
+                                              steps=steps, cfg=cfg, negative_prompt=negative)
+        return replace(base, sampler=self.limits.check("sampler", sampler))
 
     @staticmethod
     def _parts(values: list) -> tuple[PromptPart, ...]:
@@ -162,9 +162,8 @@ class CompositionHandlers:
 
     def timeline(self, prompt_text, steps, sampler, *stage_values):
         try:
-            limits = FormLimits.for_model(self.controller.model, self.defaults)
             base = replace(self.defaults, prompt=str(prompt_text or ""), steps=int(steps),
-                           sampler=limits.check("sampler", sampler))
+                           sampler=self.limits.check("sampler", sampler))
             rows = self.controller.timeline(base, self._stages(list(stage_values)))
         except USER_ERRORS as e:
             return status_html(user_message(e), "error")
