@@ -61,8 +61,7 @@ def predict_epsilon(model, x0: torch.Tensor, timesteps: list[int], noises: torch
             hi = min(rows, lo + chunk)
             ts = torch.tensor(timesteps[lo:hi], dtype=torch.long)
             a = table[ts].view(-1, 1, 1, 1)
-            eps = noises[lo:hi].double()
-            x_t = (a.sqrt() * x0.double().unsqueeze(0) + (1 - a).sqrt() * eps).float()
+            x_t = noised(x0, a, noises[lo:hi]).float()
             output = unet(x_t.to(device, dtype), ts.to(device), encoder_hidden_states=embeds[lo:hi].to(device, dtype),
                           return_dict=False)[0].float().cpu()
             for j in range(hi - lo):
@@ -70,6 +69,12 @@ def predict_epsilon(model, x0: torch.Tensor, timesteps: list[int], noises: torch
             if on_call is not None:
                 on_call(hi - lo)
     return torch.stack(out) if out else torch.empty(0)
+
+
+def noised(x0: torch.Tensor, a_bar: torch.Tensor, noises: torch.Tensor) -> torch.Tensor:
+    """Clean latents ``(C, h, w)`` noised with ``noises`` ``(rows, C, h, w)`` at ``a_bar`` ``(rows, 1, 1, 1)``, in
+    float64."""
+    return a_bar.sqrt() * x0.double().unsqueeze(0) + (1 - a_bar).sqrt() * noises.double()
 
 
 def log_snr(a_bar: float) -> float:

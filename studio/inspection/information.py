@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from studio.engine import Cancelled, CancelToken, InvalidRequest
 from studio.engine.conditioning import encode_texts
 
-from .denoising import alphas_cumprod, log_snr, predict_epsilon
+from .denoising import alphas_cumprod, log_snr, noised, predict_epsilon
 
 DEFAULT_LEVELS = 12
 DEFAULT_SAMPLES = 2
@@ -137,7 +137,7 @@ def information_maps(model, x0: torch.Tensor, prompt: str, tokens: list[str], *,
     a_bar = table[torch.tensor(row_t)].view(-1, 1, 1, 1)
     images = {}
     if space == "pixel":
-        x_t = a_bar.sqrt() * x0.double().unsqueeze(0) + (1 - a_bar).sqrt() * noises.double()
+        x_t = noised(x0, a_bar, noises)  # the latents the UNet saw in step 2
         for name in names:
             x0_hat = ((x_t - (1 - a_bar).sqrt() * eps[name].double()) / a_bar.sqrt()).float()
             images[name] = _decode_chunked(decode, x0_hat, size, cancel)
