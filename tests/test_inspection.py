@@ -17,7 +17,8 @@ from studio.controllers.inspect import (
 from studio.engine import Engine, GenerationRequest, InvalidRequest, RunHooks, StartLatents
 from studio.inspection.classifier import ClassifierStage
 from studio.inspection.denoising import strided_timesteps
-from studio.inspection.information import without_words
+from studio.inspection import information
+from studio.inspection.information import information_maps, without_words
 from studio.inspection.trajectory import guidance_stats
 from studio.tinyworld.scenes import SceneObject, scene_from_objects
 
@@ -230,6 +231,33 @@ def test_information_decomposition_adds_up(controller):
     with pytest.raises(InvalidRequest, match="not a word of the prompt"):
         controller.information(InformationRequest(image, "a red circle", ("square",)))
     assert without_words("a red circle on red", ["red"]) == "a circle on"
+
+
+def test_pixel_maps_decode_a_few_levels_at_a_time(controller, monkeypatch):
+    """Pixel maps decode the predictions a few noise levels at a time (memory: those levels' images, not all of them);
+    how the levels are grouped must not change the maps."""
+    model, engine = controller.model, Engine(controller.model)
+    x0 = engine.encode(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))[0]
+    batches: list[int] = []
+
+    def decode(latents):
+        batches.append(len(latents))
+        return engine.decode(latents)
+
+    def maps():
+        batches.clear()
+        out = information_maps(model, x0, "a red circle", ["red", "circle"], levels=5, samples=2, decode=decode)
+        return out, list(batches)
+
+    whole, whole_batches = maps()  # 64 px: every level of a prompt in one decode
+    assert whole_batches == [10] * 4
+    monkeypatch.setattr(information, "DECODE_PIXELS", 2 * 64 * 64 * 2)  # two levels of two samples per decode
+    grouped, grouped_batches = maps()
+    assert grouped_batches == [4] * 4 + [4] * 4 + [2] * 4
+    for name in whole.maps:
+        assert torch.allclose(whole.maps[name], grouped.maps[name], rtol=1e-5, atol=1e-12), name
+    for name in whole.level_maps:
+        assert torch.allclose(whole.level_maps[name], grouped.level_maps[name], rtol=1e-5, atol=1e-12), name
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ DEFAULT_SAMPLES = 2
 MAX_EVALUATIONS = 4096
 SPACES = ("pixel", "latent")
 DECODE_CHUNK = 16
+DECODE_PIXELS = 2**20  # pixels per prompt decoded at once in pixel space: all of Tiny World's levels, 2 at 512 px
 
 
 def without_words(prompt: str, words: list[str]) -> str:
@@ -132,37 +133,38 @@ def information_maps(model, x0: torch.Tensor, prompt: str, tokens: list[str], *,
         eps[name] = predict_epsilon(model, x0, row_t, noises, embeds[k:k + 1].expand(len(row_t), -1, -1), table,
                                     cancel=cancel)
 
-    # 3. in pixel space: every prediction as a decoded clean image (same noised latents, so differences are the word's)
+    # 3. in pixel space: each term's SNR-weighted squared difference of the two decoded clean-image predictions
+    #    (same noised latents, so the differences are the word's)
     size = size or tuple(int(s) * model.vae_scale_factor for s in x0.shape[1:])
     a_bar = table[torch.tensor(row_t)].view(-1, 1, 1, 1)
-    images = {}
+    terms = {"i1": ("context", "with1" if len(tokens) == 2 else "full")}
+    if len(tokens) == 2:
+        terms.update(i2=("context", "with2"), i12=("context", "full"))
+    pixel_levels = {}
     if space == "pixel":
-        x_t = noised(x0, a_bar, noises)  # the latents the UNet saw in step 2
-        for name in names:
-            x0_hat = ((x_t - (1 - a_bar).sqrt() * eps[name].double()) / a_bar.sqrt()).float()
-            images[name] = _decode_chunked(decode, x0_hat, size, cancel)
+        pixel_levels = _pixel_levels(decode, noised(x0, a_bar, noises), a_bar, eps, terms, levels, samples, size,
+                                     cancel)
 
     # 4. per noise level, half the squared difference per pixel; integrate over log-SNR (trapezoid weights)
     per_level: dict[str, torch.Tensor] = {}
 
-    def info(a: str, b: str, name: str) -> torch.Tensor:
+    def info(name: str) -> torch.Tensor:
+        a, b = terms[name]
         latent = (eps[a].double() - eps[b].double()).pow(2).sum(1).view(levels, samples, *x0.shape[1:]).mean(1)
         if space == "latent":
             level = torch.stack([upsample(m, size) for m in latent])
         else:
-            snr = (a_bar / (1 - a_bar)).view(-1, 1, 1)  # x0-differences times SNR are eps-differences
-            squared = (images[a].double() - images[b].double()).pow(2).sum(1)
-            pixel = (snr * squared).view(levels, samples, *size).mean(1)
             # keep each level's total in nats (the latent estimate); the decoded difference says where it sits
+            pixel = pixel_levels[name]
             pixel_totals = pixel.sum((1, 2))
             scale = torch.where(pixel_totals > 0, latent.sum((1, 2)) / pixel_totals.clamp_min(1e-300), 0.0)
             level = pixel * scale.view(-1, 1, 1)
         per_level[name] = 0.5 * level
         return 0.5 * _trapezoid(level, lams)
 
-    maps = {"i1": info("context", "with1" if len(tokens) == 2 else "full", "i1")}
+    maps = {"i1": info("i1")}
     if len(tokens) == 2:
-        i1, i2, i12 = maps["i1"], info("context", "with2", "i2"), info("context", "full", "i12")
+        i1, i2, i12 = maps["i1"], info("i2"), info("i12")
         redundancy = torch.minimum(i1, i2)
         maps.update(i2=i2, i12=i12, redundancy=redundancy, unique1=i1 - redundancy, unique2=i2 - redundancy,
                     synergy=i12 - i1 - i2 + redundancy)
@@ -171,9 +173,35 @@ def information_maps(model, x0: torch.Tensor, prompt: str, tokens: list[str], *,
                            level_maps=per_level, space=space)
 
 
+def _pixel_levels(decode, x_t: torch.Tensor, a_bar: torch.Tensor, eps: dict[str, torch.Tensor],
+                  terms: dict[str, tuple[str, str]], levels: int, samples: int, size: tuple[int, int],
+                  cancel: CancelToken | None) -> dict[str, torch.Tensor]:
+    """Per term ``name -> (a, b)``: ``(levels, H, W)``, the SNR-weighted squared difference (summed over RGB) of the
+    decoded clean-image predictions under prompts ``a`` and ``b``, averaged over the level's samples
+    (x0-differences times the SNR are eps-differences). Rows of ``x_t`` / ``eps`` run level by level, ``samples``
+    each. Levels are decoded a few at a time (``DECODE_PIXELS`` per prompt), so memory holds those levels' images
+    (prompts x samples x levels at once), not every level's: a two-word decomposition drawn at 512 px peaks at
+    well under half of what decoding everything first took (``bench/information_memory.py``)."""
+    names = list(dict.fromkeys(n for pair in terms.values() for n in pair))
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in terms}
+    per_group = max(1, DECODE_PIXELS // (samples * size[0] * size[1]))
+    for first in range(0, levels, per_group):
+        count = min(per_group, levels - first)
+        rows = slice(first * samples, (first + count) * samples)
+        ab = a_bar[rows]
+        images = {}
+        for name in names:
+            x0_hat = ((x_t[rows] - (1 - ab).sqrt() * eps[name][rows].double()) / ab.sqrt()).float()
+            images[name] = _decode_chunked(decode, x0_hat, size, cancel)
+        snr = (ab / (1 - ab)).view(-1, 1, 1)
+        for name, (a, b) in terms.items():
+            squared = (images[a].double() - images[b].double()).pow(2).sum(1)
+            out[name].append((snr * squared).view(count, samples, *size).mean(1))
+    return {name: torch.cat(maps) for name, maps in out.items()}
+
+
 def _decode_chunked(decode, latents: torch.Tensor, size: tuple[int, int], cancel: CancelToken | None) -> torch.Tensor:
-    """``latents`` decoded in chunks, as float32 images ``(B, 3, H, W)`` at ``size`` (float32 halves what a
-    two-word decomposition of a 512 px image holds: four prompts x levels x samples images)."""
+    """``latents`` decoded in chunks of at most ``DECODE_CHUNK``, as float32 images ``(B, 3, H, W)`` at ``size``."""
     out = []
     for lo in range(0, len(latents), DECODE_CHUNK):
         if cancel is not None and cancel.cancelled:
