@@ -55,7 +55,7 @@ def test_loads_as_fp32_with_expected_shapes(pipe):
     # the VAE scaling factor gives roughly unit-variance latents
     from studio.tinyworld.scenes import generate_scene
 
-    x = torch.stack([torch.from_numpy(__import__("numpy").asarray(generate_scene(s).image)).permute(2, 0, 1)
+    x = torch.stack([torch.from_numpy(np.array(generate_scene(s).image)).permute(2, 0, 1)
                      for s in range(64)]).float() / 127.5 - 1
     with torch.no_grad():
         z = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
@@ -69,7 +69,7 @@ def test_vae_reconstructs_scenes(pipe):
     from studio.tinyworld.scenes import generate_scene
 
     scenes = [generate_scene(900 + s) for s in range(16)]
-    x = torch.stack([torch.from_numpy(np.asarray(s.image)).permute(2, 0, 1) for s in scenes]).float() / 127.5 - 1
+    x = torch.stack([torch.from_numpy(np.array(s.image)).permute(2, 0, 1) for s in scenes]).float() / 127.5 - 1
     with torch.no_grad():
         rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
     psnr = 10 * torch.log10(4.0 / ((rec - x) ** 2).mean())
@@ -342,7 +342,7 @@ def test_chroma_candidate_loads_like_any_folder_and_round_trips_scenes():
 
     model = load_model(str(CHROMA), device="cpu")
     assert model.weights_hash == "1ffbbbd86dd0" and model.prediction_type == "v_prediction"
-    image = torch.from_numpy(np.asarray(generate_scene(5).image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    image = torch.from_numpy(np.array(generate_scene(5).image)).permute(2, 0, 1)[None].float() / 127.5 - 1
     errors = []
     for folder in (MODEL, CHROMA):
         vae = AutoencoderKL.from_pretrained(str(folder / "vae")).float()
