@@ -2,8 +2,8 @@
 
 A two-word decomposition compares four prompts; in pixel space each prompt's clean-image prediction at every noise
 level and sample is decoded. The studio decodes ``DECODE_PIXELS`` pixels per prompt at a time (all of Tiny World's
-levels at 64 px, two levels at 512 px) and keeps only the per-level differences; "all at once" (the budget set to
-infinity) holds every decoded image first, as the studio did until 2026-12-08. Each row runs in its own process
+levels at 64 px, two levels at 512 px) and keeps only the per-level differences; "all at once" (a budget no map
+reaches) holds every decoded image first, as the studio did until 2026-12-08. Each row runs in its own process
 (peak RSS is per process): its peak RSS above the RSS before the calls, and the wall time of a call, p50 over
 --repeats. The map side is the maps' resolution (predictions decoded at the model's size, then resized), so Tiny
 World shows what a 512 px map holds without a 512 px model. Both ways must give the same maps up to float32
