@@ -15,9 +15,9 @@ from studio.controllers.inspect import (
     BranchRequest, ClassifyRequest, InformationRequest, InspectionController, InspectRequest,
 )
 from studio.engine import Engine, GenerationRequest, InvalidRequest, RunHooks, StartLatents
+from studio.inspection import information
 from studio.inspection.classifier import ClassifierStage
 from studio.inspection.denoising import strided_timesteps
-from studio.inspection import information
 from studio.inspection.information import information_maps, without_words
 from studio.inspection.trajectory import guidance_stats
 from studio.tinyworld.scenes import SceneObject, scene_from_objects
